@@ -1,0 +1,189 @@
+"""Input checks shared by every estimator: image batches and patch-feature grids.
+
+Every check raises a ``ValueError`` (or ``TypeError``) that names the argument, what was seen
+and what was expected, before any state is touched, so a failed call never changes a fitted
+estimator.
+"""
+
+import numbers
+from contextlib import contextmanager
+
+import numpy as np
+from sklearn.utils.validation import check_array, validate_data
+
+__all__ = [
+    "as_input_grids",
+    "check_grid_shape",
+    "check_grids",
+    "check_images",
+    "restore_on_error",
+]
+
+
+@contextmanager
+def restore_on_error(estimator):
+    """Put back ``estimator``'s attributes if the block raises, so a failed fit changes nothing.
+
+    Fitting code replaces attributes instead of mutating arrays in place, so a shallow copy of
+    ``__dict__`` is a complete snapshot.
+    """
+    snapshot = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(snapshot)
+        raise
+
+
+def _describe(X):
+    shape = getattr(X, "shape", None)
+    return f"shape {shape}" if shape is not None else f"type {type(X).__name__}"
+
+
+def as_input_grids(X, name="X"):
+    """Return ``X`` as an array, refusing objects that are not array-like."""
+    if isinstance(X, (str, bytes)) or X is None or isinstance(X, numbers.Number):
+        raise TypeError(
+            f"{name} must be an array of patch-feature grids (n, h, w, d) or of "
+            f"feature vectors (n, d); got {type(X).__name__}."
+        )
+    return X
+
+
+def check_grids(estimator, X, *, reset, name="X"):
+    """Validate patch-feature grids for ``estimator``.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        Owner of ``n_features_in_`` (set when ``reset`` is True, checked otherwise).
+    X : array-like of shape (n, h, w, d) or (n, d)
+        Grids, or feature vectors read as ``(n, 1, 1, d)``.
+    reset : bool
+        True in ``fit``: record ``n_features_in_``; False afterwards: check it.
+    name : str, default="X"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    grids : ndarray of shape (n, h, w, d), float32, C-contiguous
+    was_2d : bool
+        True when ``X`` was given as ``(n, d)``; transformers then return 2-D output.
+    """
+    as_input_grids(X, name)
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        ndim = np.asarray(X, dtype=object).ndim if not hasattr(X, "iloc") else 2
+    if ndim == 2:
+        # scikit-learn's own path: feature names, n_features_in_, messages its checks expect.
+        X2 = validate_data(
+            estimator,
+            X,
+            reset=reset,
+            dtype=[np.float32, np.float64],
+            ensure_min_samples=1,
+        )
+        grids = np.ascontiguousarray(X2, dtype=np.float32)
+        return grids.reshape(grids.shape[0], 1, 1, grids.shape[1]), True
+    if ndim != 4:
+        hint = (
+            " Reshape your data either using array.reshape(-1, 1) if it has a single feature "
+            "or array.reshape(1, -1) if it is a single sample."
+            if ndim < 2
+            else ""
+        )
+        raise ValueError(
+            f"{name} must be patch-feature grids of shape (n, h, w, d) or feature vectors "
+            f"of shape (n, d); got an array with {ndim} dimension(s), {_describe(X)}.{hint}"
+        )
+    grids = check_array(
+        X,
+        allow_nd=True,
+        dtype=[np.float32, np.float64],
+        ensure_min_samples=1,
+        input_name=name,
+    )
+    if min(grids.shape[1:]) < 1:
+        raise ValueError(f"{name} has an empty grid: shape {grids.shape}; expected h, w, d >= 1.")
+    d = grids.shape[-1]
+    if reset:
+        estimator.n_features_in_ = d
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    else:
+        expected = getattr(estimator, "n_features_in_", None)
+        if expected is not None and d != expected:
+            raise ValueError(
+                f"{name} has {d} features (last axis d), but {type(estimator).__name__} "
+                f"is expecting {expected} features as input."
+            )
+    if not np.isfinite(grids).all():  # check_array already refuses NaN/inf; keep the contract explicit
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return np.ascontiguousarray(grids, dtype=np.float32), False
+
+
+def check_grid_shape(estimator, grids, fitted_shape, name="X"):
+    """Refuse grids whose (h, w) differs from the one a position-wise model was fitted on."""
+    if tuple(grids.shape[1:3]) != tuple(fitted_shape):
+        raise ValueError(
+            f"{name} has grids of (h, w) = {tuple(grids.shape[1:3])}, but "
+            f"{type(estimator).__name__} models each position of the (h, w) = "
+            f"{tuple(fitted_shape)} grid it was fitted on; resize the images the same way."
+        )
+
+
+def check_images(X, name="X"):
+    """Validate a batch of images.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, H, W, 3) or (n, H, W)
+        uint8 in [0, 255] or float in [0, 1]; greyscale images are replicated to 3 channels.
+    name : str, default="X"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    images : ndarray of shape (n, H, W, 3), float32 in [0, 1]
+    """
+    as_input_grids(X, name)
+    images = np.asarray(X)
+    if images.dtype == object or not (
+        np.issubdtype(images.dtype, np.number) or images.dtype == bool
+    ):
+        raise TypeError(
+            f"{name} must be a numeric image array (uint8 in [0, 255] or float in [0, 1]); "
+            f"got dtype {images.dtype}."
+        )
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    elif images.ndim != 4:
+        raise ValueError(
+            f"{name} must be images of shape (n, H, W, 3) or greyscale (n, H, W); got "
+            f"an array with {images.ndim} dimension(s), shape {images.shape}."
+        )
+    if images.shape[-1] != 3:
+        raise ValueError(
+            f"{name} must have 3 colour channels on the last axis (n, H, W, 3); got "
+            f"shape {images.shape} with {images.shape[-1]} channel(s)."
+        )
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise ValueError(f"{name} is empty: shape {images.shape}; expected n, H, W >= 1.")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    if np.issubdtype(images.dtype, np.integer) or images.dtype == bool:
+        raise TypeError(
+            f"{name} has integer dtype {images.dtype}; expected uint8 in [0, 255] or "
+            "float in [0, 1]."
+        )
+    images = images.astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or infinity.")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name} is float with values in [{lo:.4g}, {hi:.4g}]; expected float images "
+            "in [0, 1] (or uint8 in [0, 255])."
+        )
+    return images

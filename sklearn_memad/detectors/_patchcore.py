@@ -1,0 +1,171 @@
+"""PatchCore: a greedy coreset of all training patches, k-NN distance as the patch score."""
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ..neighbors import NearestNeighborSearch, greedy_coreset
+from ._base import MemoryDetectorMixin, chunk_rows
+
+__all__ = ["PatchCoreDetector"]
+
+
+class PatchCoreDetector(MemoryDetectorMixin):
+    """Coreset memory of patch features (PatchCore, Roth et al. 2022).
+
+    All training patches, from every position, form one bank; greedy k-center selection keeps a
+    fraction ``coreset_ratio`` of it that covers the rest (distances measured on a seeded random
+    projection, full features kept). A patch's score is its mean Euclidean distance to the
+    ``n_neighbors`` nearest coreset entries. The memory is position-free, so grids of another
+    ``(h, w)`` than the training ones can be scored.
+
+    Parameters
+    ----------
+    coreset_ratio : float in (0, 1], default=0.01
+        Fraction of the training patches kept (at least one entry).
+    n_neighbors : int, default=9
+        Neighbours averaged into a patch score; capped at the coreset size.
+    search : {"exact", "approximate"}, default="exact"
+        Exact search by chunked matrix products, or approximate search with pynndescent.
+    projection_dim : int or None, default=128
+        Dimension of the random projection used to measure distances during coreset
+        selection (None: the features themselves).
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Expected fraction of anomalies among new normal-looking images; sets ``offset_`` from
+        the out-of-sample scores of the training images. "auto" places the threshold at
+        Tukey's upper fence (Q3 + 1.5 IQR) of their anomaly scores.
+    top_k : int, default=1
+        Image anomaly score: the largest patch score (1) or the mean of the ``top_k`` largest.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the projection, the first coreset entry and the approximate index.
+    verbose : bool, default=False
+        Show a progress bar during coreset selection.
+
+    Attributes
+    ----------
+    coreset_ : ndarray of shape (n_coreset, d), float32
+        The memory.
+    coreset_source_ : ndarray of shape (n_coreset,)
+        Index of the training image each coreset entry comes from (used for calibration).
+    offset_ : float
+        Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
+    train_scores_ : ndarray of shape (n_train,)
+        Leave-one-image-out :meth:`score_samples` of the training images.
+    grid_shape_ : tuple of int
+        ``(h, w)`` of the training grids.
+    memory_bytes_ : int
+        Bytes of the fitted memory (the coreset).
+    n_features_in_ : int
+        Number of features per patch ``d``.
+
+    See Also
+    --------
+    PaDiMDetector : Per-position Gaussians.
+    DFKDEDetector : Per-position kernel density.
+
+    Notes
+    -----
+    ``offset_`` comes from leave-one-image-out scores against the single coreset: each
+    training patch is scored against the coreset entries taken from other images, so
+    calibration needs no second coreset. (With a coreset drawn from one image only, there is
+    no other image and those patches keep their in-sample score.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad import PatchCoreDetector
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.normal(size=(20, 4, 4, 8)).astype(np.float32)
+    >>> test = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    >>> test[0, 1, 2] += 10.0  # one abnormal patch
+    >>> detector = PatchCoreDetector(coreset_ratio=0.25, random_state=0).fit(train)
+    >>> detector.coreset_.shape
+    (80, 8)
+    >>> detector.predict(test)
+    array([-1,  1,  1])
+    """
+
+    _models_positions = False
+
+    _parameter_constraints: dict = {
+        **MemoryDetectorMixin._parameter_constraints,
+        "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "search": [StrOptions({"exact", "approximate"})],
+        "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        coreset_ratio=0.01,
+        n_neighbors=9,
+        search="exact",
+        projection_dim=128,
+        contamination="auto",
+        top_k=1,
+        random_state=None,
+        verbose=False,
+    ):
+        self.coreset_ratio = coreset_ratio
+        self.n_neighbors = n_neighbors
+        self.search = search
+        self.projection_dim = projection_dim
+        self.contamination = contamination
+        self.top_k = top_k
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _fit_memory(self, grids):
+        n, h, w, d = grids.shape
+        bank = grids.reshape(-1, d)
+        rng = check_random_state(self.random_state)
+        n_select = int(np.ceil(self.coreset_ratio * bank.shape[0]))
+        selected = greedy_coreset(
+            bank,
+            n_select,
+            projection_dim=self.projection_dim,
+            random_state=rng,
+            verbose=self.verbose,
+        )
+        self.coreset_ = np.ascontiguousarray(bank[selected])
+        self.coreset_source_ = (selected // (h * w)).astype(np.int32)
+        index_seed = rng.randint(np.iinfo(np.int32).max)
+        self._search = NearestNeighborSearch(self.coreset_, self.search, index_seed)
+        self.memory_bytes_ = int(self.coreset_.nbytes)
+
+    def _score_patches(self, grids):
+        n, h, w, d = grids.shape
+        queries = grids.reshape(-1, d)
+        scores = np.empty(queries.shape[0], dtype=np.float64)
+        step = chunk_rows(d * 4 + self.n_neighbors * 12)
+        for start in range(0, queries.shape[0], step):
+            distances, _ = self._search.kneighbors(queries[start : start + step], self.n_neighbors)
+            scores[start : start + step] = distances.mean(axis=1, dtype=np.float64)
+        return scores.reshape(n, h, w)
+
+    def _out_of_sample_patch_scores(self, grids):
+        n, h, w, d = grids.shape
+        n_coreset = self.coreset_.shape[0]
+        k = min(self.n_neighbors, n_coreset)
+        # Asking for k plus the most entries any one image holds guarantees k from other images.
+        most_from_one_image = np.bincount(self.coreset_source_).max()
+        n_ask = int(min(k + most_from_one_image, n_coreset))
+        queries = grids.reshape(-1, d)
+        source = np.repeat(np.arange(n), h * w)
+        scores = np.empty(queries.shape[0], dtype=np.float64)
+        step = chunk_rows(d * 4 + n_ask * 16)
+        for start in range(0, queries.shape[0], step):
+            stop = start + step
+            distances, indices = self._search.kneighbors(queries[start:stop], n_ask)
+            other = self.coreset_source_[indices] != source[start:stop, None]
+            # Keep the first k entries from other images (neighbours come nearest first).
+            keep = other & (np.cumsum(other, axis=1) <= k)
+            counts = keep.sum(axis=1)
+            held_out = np.where(keep, distances, 0.0).sum(axis=1) / np.maximum(counts, 1)
+            in_sample = distances[:, :k].mean(axis=1)
+            scores[start:stop] = np.where(counts > 0, held_out, in_sample)
+        return scores.reshape(n, h, w)

@@ -1,0 +1,121 @@
+"""Pixel anomaly maps: a detector's patch map, upsampled to the image and smoothed."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import Interval, validate_params
+
+from .detectors._base import MemoryDetectorMixin, chunk_rows
+
+__all__ = ["anomaly_maps", "patch_to_pixel_maps"]
+
+
+def _split_pipeline(estimator):
+    """Return (steps before the detector, detector) of a fitted Pipeline or bare detector."""
+    if isinstance(estimator, Pipeline):
+        detector = estimator.steps[-1][1]
+        head = estimator[:-1] if len(estimator.steps) > 1 else None
+    else:
+        detector, head = estimator, None
+    if not isinstance(detector, MemoryDetectorMixin):
+        raise TypeError(
+            "estimator must be a fitted sklearn_memad detector or a Pipeline ending in one; "
+            f"got {type(detector).__name__} as the final step."
+        )
+    return head, detector
+
+
+def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
+    """Upsample ``(n, h, w)`` patch maps bilinearly to ``output_size`` and smooth them.
+
+    Parameters
+    ----------
+    patch_maps : ndarray of shape (n, h, w)
+        Patch anomaly scores.
+    output_size : tuple of int
+        ``(H, W)`` of the pixel maps.
+    sigma : float, default=4.0
+        Standard deviation (pixels) of the Gaussian smoothing; 0 disables it.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W), float32
+    """
+    patch_maps = np.asarray(patch_maps, dtype=np.float32)
+    height, width = (int(v) for v in output_size)
+    out = np.empty((patch_maps.shape[0], height, width), dtype=np.float32)
+    step = chunk_rows(height * width * 4 * 3)
+    for start in range(0, patch_maps.shape[0], step):
+        block = torch.from_numpy(np.ascontiguousarray(patch_maps[start : start + step]))
+        up = torch.nn.functional.interpolate(
+            block[:, None], size=(height, width), mode="bilinear", align_corners=False
+        )[:, 0].numpy()
+        if sigma > 0:
+            # Smooth within each image only (sigma 0 on the image axis), truncated at 4 sigma.
+            up = gaussian_filter(up, sigma=(0, sigma, sigma), mode="reflect", truncate=4.0)
+        out[start : start + step] = up
+    return out
+
+
+@validate_params(
+    {
+        "estimator": [MemoryDetectorMixin, Pipeline],
+        "X": ["array-like"],
+        "sigma": [Interval(Real, 0, None, closed="left")],
+        "output_size": [tuple, list, None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
+    """Pixel anomaly maps (higher = more abnormal) from a fitted pipeline or detector.
+
+    With a Pipeline that starts from images, ``X`` is the image batch and the maps have its
+    resolution. With a bare detector, ``X`` is a batch of grids and ``output_size`` is required.
+
+    Parameters
+    ----------
+    estimator : Pipeline or detector
+        A fitted ``Pipeline`` ending in a sklearn_memad detector, or the detector itself.
+    X : array-like of shape (n, H, W, 3), (n, H, W) or (n, h, w, d)
+        Images for a pipeline, grids for a bare detector.
+    sigma : float, default=4.0
+        Gaussian smoothing (pixels of the output) after bilinear upsampling; 0 disables it.
+    output_size : tuple of int, default=None
+        ``(H, W)`` of the maps; default: the size of the images ``X``.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, H, W), float32
+        Pixel anomaly maps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad import PaDiMDetector, anomaly_maps
+    >>> rng = np.random.default_rng(0)
+    >>> detector = PaDiMDetector().fit(rng.normal(size=(20, 4, 4, 3)))
+    >>> anomaly_maps(detector, rng.normal(size=(2, 4, 4, 3)), output_size=(32, 32)).shape
+    (2, 32, 32)
+    """
+    head, detector = _split_pipeline(estimator)
+    if output_size is None:
+        if head is None:
+            raise ValueError(
+                "output_size is required with a bare detector (X holds grids, not images); "
+                "pass output_size=(H, W)."
+            )
+        shape = np.shape(X)
+        if len(shape) not in (3, 4):
+            raise ValueError(
+                f"X must be images (n, H, W, 3) or (n, H, W) for a pipeline; got shape {shape}."
+            )
+        output_size = shape[1:3]
+    if len(output_size) != 2 or not all(
+        isinstance(v, Integral) and v > 0 for v in output_size
+    ):
+        raise ValueError(f"output_size must be two positive integers (H, W); got {output_size}.")
+    grids = head.transform(X) if head is not None else X
+    return patch_to_pixel_maps(detector.score_patches(grids), output_size, sigma)

@@ -1,0 +1,99 @@
+"""PatchCore's locally aware patch features: a neighbourhood mean over the grid."""
+
+from numbers import Integral
+
+import numpy as np
+from scipy.ndimage import uniform_filter
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+
+from .._validation import check_grids, restore_on_error
+
+
+class LocalAggregation(TransformerMixin, BaseEstimator):
+    """Average each patch feature with its ``size x size`` neighbourhood.
+
+    The stride is 1 and the grid keeps its ``(h, w)``. At the border the mean is taken over the
+    neighbours that exist, so edge patches are not shrunk towards zero by padding.
+
+    Parameters
+    ----------
+    size : int, default=3
+        Side of the square neighbourhood, an odd number >= 1 (1 is the identity).
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of features per patch ``d`` seen in :meth:`fit`.
+
+    See Also
+    --------
+    RandomProjection : Reduce the feature dimension of the grids.
+    PatchCoreDetector : The detector these features were designed for.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad import LocalAggregation
+    >>> grids = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    >>> LocalAggregation(size=3).fit_transform(grids).shape
+    (2, 4, 4, 3)
+    """
+
+    _parameter_constraints: dict = {"size": [Interval(Integral, 1, None, closed="left")]}
+
+    def __init__(self, size=3):
+        self.size = size
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Record the feature count of the grids.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d) or (n, d)
+            Patch-feature grids (2-D input is read as ``(n, 1, 1, d)``).
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : object
+            Fitted transformer.
+        """
+        if self.size % 2 == 0:
+            raise ValueError(f"size must be an odd integer >= 1; got size={self.size}.")
+        with restore_on_error(self):
+            check_grids(self, X, reset=True)
+        return self
+
+    def transform(self, X):
+        """Replace each patch feature by the mean over its neighbourhood.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d) or (n, d)
+            Patch-feature grids.
+
+        Returns
+        -------
+        grids : ndarray of shape (n, h, w, d) or (n, d), float32
+            Aggregated grids, same shape as ``X``.
+        """
+        check_is_fitted(self)
+        grids, was_2d = check_grids(self, X, reset=False)
+        if self.size > 1 and grids.shape[1] * grids.shape[2] > 1:
+            window = (1, self.size, self.size, 1)
+            # Sum of the existing neighbours over their count: no zero padding at the border.
+            sums = uniform_filter(grids, size=window, mode="constant", cval=0.0)
+            ones = np.ones((1,) + grids.shape[1:3] + (1,), dtype=np.float32)
+            counts = uniform_filter(ones, size=window, mode="constant", cval=0.0)
+            grids = sums / counts
+        grids = grids.astype(np.float32, copy=False)
+        return grids.reshape(grids.shape[0], -1) if was_2d else grids
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
