@@ -42,7 +42,8 @@ class PaDiMDetector(MemoryDetectorMixin):
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
-        Leave-one-image-out :meth:`score_samples` of the training images.
+        Leave-one-image-out :meth:`score_samples` of the training images (after
+        :meth:`partial_fit`: of the images of the last chunk).
     n_samples_seen_ : int
         Number of training images accumulated.
     grid_shape_ : tuple of int
@@ -62,8 +63,9 @@ class PaDiMDetector(MemoryDetectorMixin):
     ``offset_`` comes from leave-one-image-out distances of the training images, computed in
     closed form from the in-sample ones by the Sherman-Morrison formula (the held-out model
     uses the same divisor ``n - 1`` for its covariance), so calibration costs one scoring pass.
-    With :meth:`partial_fit`, each chunk is calibrated against the model as it stands after
-    that chunk, which is exact for the last chunk and close for earlier ones.
+    :meth:`partial_fit` cannot see earlier chunks again, so it calibrates ``offset_`` on the
+    chunk it is given (held out exactly from the model that includes every chunk so far): make
+    the last chunk a representative sample of a few dozen images, or use :meth:`fit`.
 
     Examples
     --------
@@ -119,13 +121,11 @@ class PaDiMDetector(MemoryDetectorMixin):
             if first:
                 grids = self._validated_training_grids(X, y)
                 self._reset_moments(grids)
-                previous_scores = np.empty(0)
             else:
                 grids, _ = check_grids(self, X, reset=False)
                 check_grid_shape(self, grids, self.grid_shape_)
                 if y is not None:
                     grids = grids[np.asarray(y) != -1]
-                previous_scores = self.train_scores_
             self._add_moments(grids)
             if self.n_samples_seen_ < self._min_images:
                 raise ValueError(
@@ -133,10 +133,8 @@ class PaDiMDetector(MemoryDetectorMixin):
                     f"{self.n_samples_seen_} so far."
                 )
             self._finalize()
-            chunk_scores = self._out_of_sample_patch_scores(grids)
-            self._calibrate(chunk_scores)
-            self.train_scores_ = np.concatenate([previous_scores, self.train_scores_])
-            self.offset_ = self._offset_from(self.train_scores_)
+            # The data of earlier chunks is gone: calibrate on this chunk, held out exactly.
+            self._calibrate(self._out_of_sample_patch_scores(grids))
         return self
 
     def _reset_moments(self, grids):

@@ -1,0 +1,151 @@
+"""Bad input raises a clear error naming the argument, and never changes a fitted model."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from sklearn_memad import (
+    DFKDEDetector,
+    LocalAggregation,
+    PaDiMDetector,
+    PatchCoreDetector,
+    RandomProjection,
+    anomaly_maps,
+)
+
+DETECTORS = [PaDiMDetector(), PatchCoreDetector(random_state=0), DFKDEDetector()]
+ESTIMATORS = DETECTORS + [LocalAggregation(), RandomProjection(n_components=3, random_state=0)]
+IDS = ["padim", "patchcore", "dfkde", "aggregation", "projection"]
+
+
+def _grids(n=12, h=4, w=3, d=5, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, h, w, d)).astype(np.float32)
+
+
+def _apply(est):
+    """The method that uses a fitted estimator: transform or score_samples."""
+    return est.transform if hasattr(est, "transform") else est.score_samples
+
+
+def _state(est):
+    return pickle.dumps(est.__dict__)
+
+
+def _bad_inputs():
+    nan = _grids()
+    nan[0, 1, 1, 2] = np.nan
+    inf = _grids()
+    inf[3, 0, 0, 0] = np.inf
+    return {
+        "3-d": (np.zeros((4, 3, 5)), "got an array with 3 dimension"),
+        "1-d": (np.zeros(5), "1 dimension"),
+        "5-d": (np.zeros((2, 1, 4, 3, 5)), "5 dimension"),
+        "nan": (nan, "NaN"),
+        "inf": (inf, "infinity"),
+        "empty": (np.zeros((0, 4, 3, 5), dtype=np.float32), "0 sample"),
+        "strings": ("images", "X must be an array"),
+        "other d": (_grids(d=7), "X has 7 features.*expecting 5"),
+    }
+
+
+BAD = _bad_inputs()
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=IDS)
+def test_bad_input_after_fit_raises_and_leaves_model_unchanged(estimator, case):
+    X, message = BAD[case]
+    est = clone(estimator).fit(_grids())
+    before = _state(est)
+    reference = _apply(est)(_grids(3, seed=1))
+    with pytest.raises((ValueError, TypeError), match=message):
+        _apply(est)(X)
+    assert _state(est) == before
+    np.testing.assert_array_equal(_apply(est)(_grids(3, seed=1)), reference)
+
+
+@pytest.mark.parametrize("case", ["3-d", "nan", "inf", "empty", "strings"])
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=IDS)
+def test_failed_refit_leaves_fitted_model_unchanged(estimator, case):
+    X, message = BAD[case]
+    est = clone(estimator).fit(_grids())
+    before = _state(est)
+    with pytest.raises((ValueError, TypeError), match=message):
+        est.fit(X)
+    assert _state(est) == before
+
+
+@pytest.mark.parametrize("detector", [PaDiMDetector(), DFKDEDetector()], ids=["padim", "dfkde"])
+def test_position_models_refuse_other_grid_shape(detector):
+    est = clone(detector).fit(_grids())
+    before = _state(est)
+    with pytest.raises(ValueError, match=r"\(h, w\) = \(5, 3\).*fitted on"):
+        est.score_samples(_grids(h=5))
+    assert _state(est) == before
+
+
+@pytest.mark.parametrize("detector", [PaDiMDetector(), DFKDEDetector()], ids=["padim", "dfkde"])
+def test_too_few_samples(detector):
+    with pytest.raises(ValueError, match="needs at least 2 normal samples.*got 1 sample"):
+        clone(detector).fit(_grids(n=1))
+    y = np.array([1, -1, -1])
+    with pytest.raises(ValueError, match="got 1 sample"):
+        clone(detector).fit(_grids(n=3), y)
+
+
+def test_labels_of_wrong_length():
+    with pytest.raises(ValueError, match=r"y must have shape \(12,\).*\(3,\)"):
+        PaDiMDetector().fit(_grids(), np.ones(3))
+
+
+def test_partial_fit_failure_keeps_running_statistics():
+    est = PaDiMDetector().partial_fit(_grids())
+    before = _state(est)
+    with pytest.raises(ValueError, match=r"\(h, w\)"):
+        est.partial_fit(_grids(h=2))
+    with pytest.raises(ValueError, match="X has 4 features"):
+        est.partial_fit(_grids(d=4))
+    assert _state(est) == before
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=IDS)
+def test_not_fitted(estimator):
+    with pytest.raises(NotFittedError):
+        _apply(clone(estimator))(_grids())
+
+
+@pytest.mark.parametrize(
+    "estimator, message",
+    [
+        (PaDiMDetector(reg=0), "'reg' parameter"),
+        (PaDiMDetector(contamination=0.7), "'contamination' parameter"),
+        (PaDiMDetector(top_k=0), "'top_k' parameter"),
+        (PatchCoreDetector(coreset_ratio=0), "'coreset_ratio' parameter"),
+        (PatchCoreDetector(coreset_ratio=1.5), "'coreset_ratio' parameter"),
+        (PatchCoreDetector(n_neighbors=0), "'n_neighbors' parameter"),
+        (PatchCoreDetector(search="fast"), "'search' parameter"),
+        (DFKDEDetector(bandwidth="wide"), "'bandwidth' parameter"),
+        (DFKDEDetector(bandwidth=-1.0), "'bandwidth' parameter"),
+        (LocalAggregation(size=0), "'size' parameter"),
+        (RandomProjection(method="pca"), "'method' parameter"),
+        (RandomProjection(n_components=0), "'n_components' parameter"),
+    ],
+)
+def test_invalid_parameters(estimator, message):
+    with pytest.raises(ValueError, match=message):
+        estimator.fit(_grids())
+
+
+def test_anomaly_maps_bad_arguments():
+    est = PaDiMDetector().fit(_grids())
+    with pytest.raises(ValueError, match="output_size is required"):
+        anomaly_maps(est, _grids(2))
+    with pytest.raises(ValueError, match="output_size must be two positive integers"):
+        anomaly_maps(est, _grids(2), output_size=(0, 5))
+    with pytest.raises(ValueError, match="'sigma' parameter"):
+        anomaly_maps(est, _grids(2), sigma=-1.0, output_size=(8, 8))
+    with pytest.raises(ValueError, match="'estimator' parameter"):
+        anomaly_maps(LocalAggregation().fit(_grids()), _grids(2), output_size=(8, 8))
