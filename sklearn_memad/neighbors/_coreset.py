@@ -1,10 +1,11 @@
 """Greedy k-center coreset selection (farthest-point sampling) with triangle-inequality pruning.
 
 Each step adds the bank entry farthest from the entries chosen so far. A plain implementation
-updates the distance of every bank entry to its nearest centre at every step. Here every entry
-remembers its nearest centre and every centre the radius of its cluster; a new centre ``c`` can
-only come closer to entries of a cluster ``j`` if ``dist(c, centre_j) < 2 * radius_j``, so
-whole clusters are skipped. The selection is the same as the plain algorithm's.
+computes the distance of every bank entry to the new centre at every step. Here every entry
+remembers its nearest centre ``o`` and its distance to it; the new centre ``c`` can only come
+closer if ``dist(c, o) < 2 * dist(x, o)``. That test needs one distance per centre, not per
+entry, so only the few entries that pass it are measured. The selection is the same as the
+plain algorithm's.
 """
 
 import numpy as np
@@ -14,8 +15,10 @@ from .._progress import progress
 
 __all__ = ["greedy_coreset", "project_for_coreset"]
 
-# Above this fraction of reachable rows a full pass beats gathering them (measured here).
+# Above this fraction of candidate rows a full pass beats gathering them (measured here).
 _GATHER_BELOW = 0.08
+# 4 (the squared factor 2 of the bound), widened for float32 rounding.
+_SLACK = 4.0 * 1.001
 
 
 def project_for_coreset(features, projection_dim, random_state):
@@ -75,8 +78,6 @@ def greedy_coreset(
 
     nearest_sq = _sq_dist_to(points, sq_norms, centres[0], centre_sq[0])
     owner = np.zeros(n_samples, dtype=np.int32)
-    radius = np.zeros(n_select, dtype=np.float32)
-    radius[0] = np.sqrt(nearest_sq.max())
 
     for step in progress(range(1, n_select), verbose, "coreset"):
         new = int(np.argmax(nearest_sq))
@@ -85,14 +86,13 @@ def greedy_coreset(
         centres[step] = centre
         centre_sq[step] = sq_norms[new]
 
-        between = np.sqrt(
-            np.maximum(
-                centre_sq[:step] - 2.0 * (centres[:step] @ centre) + centre_sq[step], 0.0
-            )
-        )
-        reachable = between < 2.0 * radius[:step]
-        member = reachable[owner]
-        rows = np.flatnonzero(member)
+        between_sq = centres[:step] @ (-2.0 * centre)
+        between_sq += centre_sq[:step]
+        between_sq += centre_sq[step]
+        # Triangle inequality: |c - x| >= |c - o| - |x - o| for x's nearest centre o, so the
+        # new centre c can only come closer to x if |c - o| < 2 |x - o|. The slack absorbs
+        # float32 rounding so no candidate is lost.
+        rows = np.flatnonzero(between_sq[owner] < _SLACK * nearest_sq)
         if rows.size == 0:
             continue
         if rows.size > _GATHER_BELOW * n_samples:
@@ -100,19 +100,10 @@ def greedy_coreset(
             sq = _sq_dist_to(points, sq_norms, centre, centre_sq[step])[rows]
         else:
             sq = _sq_dist_to(points[rows], sq_norms[rows], centre, centre_sq[step])
-        current = nearest_sq[rows]
-        closer = sq < current
-        np.minimum(current, sq, out=current)
-        nearest_sq[rows] = current
-        members_owner = owner[rows]
-        members_owner[closer] = step
-        owner[rows] = members_owner
-        # Radii of the touched clusters shrink (and the new one starts): recompute them from
-        # their members, which are all among ``rows``.
-        new_radius_sq = np.zeros(step + 1, dtype=np.float32)
-        np.maximum.at(new_radius_sq, members_owner, current)
-        touched = np.append(reachable, True)
-        radius[: step + 1][touched] = np.sqrt(new_radius_sq[touched])
+        closer = sq < nearest_sq[rows]
+        moved = rows[closer]
+        nearest_sq[moved] = sq[closer]
+        owner[moved] = step
     return selected
 
 
