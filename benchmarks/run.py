@@ -210,6 +210,10 @@ def run_worker(args):
         "detector_share_of_scoring": 1 - backbone / score_phase.seconds,
         "peak_rss_fit_bytes": fit_phase.peak_rss,
         "peak_rss_score_bytes": score_phase.peak_rss,
+        # Growth over the phase's starting RSS: excludes the ~1 GB that importing torch costs
+        # both libraries alike.
+        "peak_rss_fit_delta_bytes": fit_phase.peak_rss - fit_phase.rss_start,
+        "peak_rss_score_delta_bytes": score_phase.peak_rss - score_phase.rss_start,
         "memory_bytes": int(model.memory_bytes_),
         "torch_threads": torch.get_num_threads(),
     }
@@ -279,6 +283,8 @@ RATIOS = [  # (our key, peer key, label)
     ("score_ms_per_image", "score_ms_per_image", "scoring ms / image"),
     ("peak_rss_fit_bytes", "peak_rss_fit_bytes", "peak RSS, fit"),
     ("peak_rss_score_bytes", "peak_rss_score_bytes", "peak RSS, score"),
+    ("peak_rss_fit_delta_bytes", "peak_rss_fit_delta_bytes", "peak RSS growth, fit"),
+    ("peak_rss_score_delta_bytes", "peak_rss_score_delta_bytes", "peak RSS growth, score"),
     ("memory_bytes", "memory_bytes", "fitted memory bytes"),
 ]
 
