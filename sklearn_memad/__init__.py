@@ -9,6 +9,8 @@ pixel maps at the input resolution.
 from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
 from .features import FeatureTransformer
 from .maps import anomaly_maps
+from .masks import mask_scores, predict_masks, select_pixel_threshold
+from .thresholds import ThresholdedDetector, anomaly_percentile, select_threshold
 from .transformers import LocalAggregation, RandomProjection
 
 __version__ = "0.1.0"
@@ -20,5 +22,11 @@ __all__ = [
     "PaDiMDetector",
     "PatchCoreDetector",
     "RandomProjection",
+    "ThresholdedDetector",
     "anomaly_maps",
+    "anomaly_percentile",
+    "mask_scores",
+    "predict_masks",
+    "select_pixel_threshold",
+    "select_threshold",
 ]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.pipeline import Pipeline
-from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 
 from .detectors._base import MemoryDetectorMixin, chunk_rows
 
@@ -14,18 +14,31 @@ __all__ = ["anomaly_maps", "patch_to_pixel_maps"]
 
 
 def _split_pipeline(estimator):
-    """Return (steps before the detector, detector) of a fitted Pipeline or bare detector."""
-    if isinstance(estimator, Pipeline):
-        detector = estimator.steps[-1][1]
-        head = estimator[:-1] if len(estimator.steps) > 1 else None
-    else:
-        detector, head = estimator, None
-    if not isinstance(detector, MemoryDetectorMixin):
+    """Return (transform steps before the detector or None, detector).
+
+    Walks Pipelines and fitted wrappers that hold their model in ``estimator_`` (such as
+    :class:`~sklearn_memad.thresholds.ThresholdedDetector`), so maps come from the detector
+    whatever decides on top of it.
+    """
+    heads = []
+    while True:
+        if isinstance(estimator, Pipeline):
+            if len(estimator.steps) > 1:
+                heads.append(estimator[:-1])
+            estimator = estimator.steps[-1][1]
+        elif not isinstance(estimator, MemoryDetectorMixin) and hasattr(estimator, "estimator_"):
+            estimator = estimator.estimator_
+        else:
+            break
+    if not isinstance(estimator, MemoryDetectorMixin):
         raise TypeError(
             "estimator must be a fitted sklearn_memad detector or a Pipeline ending in one; "
-            f"got {type(detector).__name__} as the final step."
+            f"got {type(estimator).__name__} as the final step."
         )
-    return head, detector
+    head = None
+    if heads:
+        head = heads[0] if len(heads) == 1 else Pipeline([(f"step{i}", h) for i, h in enumerate(heads)])
+    return head, estimator
 
 
 def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
@@ -62,7 +75,7 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
 
 @validate_params(
     {
-        "estimator": [MemoryDetectorMixin, Pipeline],
+        "estimator": [HasMethods(["fit"])],
         "X": ["array-like"],
         "sigma": [Interval(Real, 0, None, closed="left")],
         "output_size": [tuple, list, None],

@@ -16,14 +16,11 @@ from numbers import Real
 
 import numpy as np
 from scipy import ndimage
-from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
-from sklearn.utils.validation import check_is_fitted
 
 from .maps import anomaly_maps
 from .metrics import _check_both_classes, _check_masks_maps, pro_curve
-from .thresholds import ThresholdedDetector
 
 __all__ = ["mask_scores", "predict_masks", "select_pixel_threshold"]
 
@@ -207,19 +204,6 @@ def select_pixel_threshold(masks, maps, *, objective="f1", target=None):
     return Bunch(threshold=threshold, **mask_scores(m, a >= threshold))
 
 
-def _maps_estimator(estimator):
-    """``estimator`` as :func:`anomaly_maps` takes it: ThresholdedDetector wrappers removed."""
-    if isinstance(estimator, ThresholdedDetector):
-        check_is_fitted(estimator)
-        return _maps_estimator(estimator.estimator_)
-    if isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], ThresholdedDetector):
-        name, wrapper = estimator.steps[-1]
-        inner = _maps_estimator(wrapper)
-        tail = inner.steps if isinstance(inner, Pipeline) else [(name, inner)]
-        return Pipeline(estimator.steps[:-1] + tail)
-    return estimator
-
-
 @validate_params(
     {
         "estimator": [HasMethods(["score_samples"])],
@@ -274,5 +258,5 @@ def predict_masks(estimator, X, threshold, *, sigma=4.0, output_size=None):
     """
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be a finite pixel threshold; got {threshold}.")
-    maps = anomaly_maps(_maps_estimator(estimator), X, sigma=sigma, output_size=output_size)
+    maps = anomaly_maps(estimator, X, sigma=sigma, output_size=output_size)
     return maps >= threshold

@@ -147,5 +147,5 @@ def test_anomaly_maps_bad_arguments():
         anomaly_maps(est, _grids(2), output_size=(0, 5))
     with pytest.raises(ValueError, match="'sigma' parameter"):
         anomaly_maps(est, _grids(2), sigma=-1.0, output_size=(8, 8))
-    with pytest.raises(ValueError, match="'estimator' parameter"):
+    with pytest.raises(TypeError, match="got LocalAggregation as the final step"):
         anomaly_maps(LocalAggregation().fit(_grids()), _grids(2), output_size=(8, 8))
