@@ -1,0 +1,373 @@
+"""The command line (fit, score, demo), its exit codes and messages; model files; demo data."""
+
+import csv
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from threadpoolctl import threadpool_limits
+
+from sklearn_memad import cli
+from sklearn_memad.datasets import load_mvtec
+from sklearn_memad.demo import make_texture_anomalies, save_mvtec_layout
+from sklearn_memad.pipelines import (
+    MODEL_FORMAT,
+    ModelFileError,
+    load_model,
+    make_detector_pipeline,
+    save_model,
+)
+
+SIZE = 48
+# A random-weights ResNet-18 on small images: real features do not matter for the plumbing.
+FAST = ["--backbone", "resnet18", "--weights", "none", "--image-size", str(SIZE), "-q"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a loaded 2-core machine, two OpenMP / BLAS threads spin against each other and run
+    # many times slower than one; these tests are about plumbing, not speed.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    """A tiny MVTec-layout category: 10 training images, 2 normal + 3 defective test images."""
+    data = make_texture_anomalies(
+        "brick", n_train=10, n_test_normal=2, n_test_per_defect=1, image_size=SIZE
+    )
+    return save_mvtec_layout(data, tmp_path_factory.mktemp("data") / "brick")
+
+
+@pytest.fixture(scope="module")
+def model(category, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.joblib"
+    assert cli.main(["fit", "--train", str(category), "--out", str(path)] + FAST) == 0
+    return path
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim", "dfkde"])
+def test_fit_then_score_round_trip(method, category, tmp_path, capsys):
+    model_path = tmp_path / "m.joblib"
+    code, out, err = _run(
+        ["fit", "--train", str(category), "--method", method, "--out", str(model_path)] + FAST,
+        capsys,
+    )
+    assert code == 0, err
+    assert "Fitted" in out and "10 images" in out
+    pipe, header = load_model(model_path)
+    assert header["image_size"] == (SIZE, SIZE)
+    assert header["n_train"] == 10
+    assert type(pipe[-1]).__name__.lower().startswith(method[:5])
+
+    out_dir = tmp_path / "scores"
+    code, out, err = _run(
+        ["score", "--model", str(model_path), str(category / "test"), "--out", str(out_dir), "-q"],
+        capsys,
+    )
+    assert code == 0, err
+    rows = _read_csv(out_dir / "scores.csv")
+    assert list(rows[0]) == ["path", "score", "decision", "label"]
+    test = load_mvtec(category, "test")
+    assert sorted(r["path"] for r in rows) == sorted(test.paths)
+    # The CSV holds the pipeline's own numbers: score = -score_samples, decision, predict.
+    by_path = {r["path"]: r for r in rows}
+    expected = -pipe.score_samples(test.images)
+    got = np.array([float(by_path[p]["score"]) for p in test.paths])
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    labels = np.array([int(by_path[p]["label"]) for p in test.paths])
+    np.testing.assert_array_equal(labels, pipe.predict(test.images))
+    decisions = np.array([float(by_path[p]["decision"]) for p in test.paths])
+    assert np.all((decisions < 0) == (labels == -1))
+    # One overlay per image, in the input's subfolders.
+    for kind in ("good", "scratch", "stain", "foreign"):
+        pngs = sorted((out_dir / kind).glob("*.png"))
+        assert pngs, kind
+        with Image.open(pngs[0]) as im:
+            assert im.width > 2 * 256 and im.height > 256
+    assert "AUROC" in out  # the folder names give labels
+
+
+def test_fit_on_a_plain_folder_and_score_single_files(category, tmp_path, capsys):
+    model_path = tmp_path / "m.joblib"
+    train = category / "train" / "good"
+    assert cli.main(["fit", "--train", str(train), "--out", str(model_path)] + FAST) == 0
+    files = sorted((category / "test" / "good").glob("*.png"))
+    code, out, err = _run(
+        ["score", "--model", str(model_path), *map(str, files), "--out", str(tmp_path / "o"),
+         "--no-overlays", "-q"],
+        capsys,
+    )
+    assert code == 0, err
+    assert len(_read_csv(tmp_path / "o" / "scores.csv")) == len(files)
+    assert not list((tmp_path / "o").rglob("*.png"))
+
+
+def test_score_skips_and_reports_unreadable_images(model, category, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted((category / "test" / "good").glob("*.png"))[0]
+    (folder / "ok.png").write_bytes(good.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image ending")
+    code, out, err = _run(
+        ["score", "--model", str(model), str(folder), "--out", str(tmp_path / "o"), "-q"], capsys
+    )
+    assert code == cli.EXIT_OK
+    assert "skipped 1 unreadable image" in err and "broken.png" in err
+    assert "Traceback" not in err
+    rows = _read_csv(tmp_path / "o" / "scores.csv")
+    assert [os.path.basename(r["path"]) for r in rows] == ["ok.png"]
+
+
+def test_progress_bars_by_default_and_quiet_with_q(category, tmp_path, capsys):
+    argv = ["fit", "--train", str(category), "--out", str(tmp_path / "m.joblib")]
+    fast_verbose = [a for a in FAST if a != "-q"]
+    assert cli.main(argv + fast_verbose) == 0
+    err = capsys.readouterr().err
+    assert "FeatureTransformer:" in err and "coreset:" in err
+    assert cli.main(argv + FAST) == 0
+    assert capsys.readouterr().err == ""
+
+
+def _fit_argv(train, out, *extra):
+    return ["fit", "--train", str(train), "--out", str(out)] + FAST + list(extra)
+
+
+@pytest.mark.parametrize(
+    "case, code, message",
+    [
+        ("missing", cli.EXIT_DATA, "does not exist"),
+        ("empty", cli.EXIT_DATA, "holds no image file"),
+        ("unreadable", cli.EXIT_DATA, "no readable image"),
+        ("backbone", cli.EXIT_USAGE, "not a known backbone"),
+        ("layers", cli.EXIT_USAGE, "not a submodule"),
+        ("ratio", cli.EXIT_USAGE, "--coreset-ratio"),
+        ("too_few", cli.EXIT_DATA, "at least 2"),
+        ("components", cli.EXIT_USAGE, "--n-components 1000"),
+    ],
+)
+def test_fit_errors_are_one_line_with_exit_codes(case, code, message, category, tmp_path, capsys):
+    out = tmp_path / "m.joblib"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(next((category / "train" / "good").glob("*.png")).read_bytes())
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "x.jpg").write_bytes(b"\x00" * 10)
+    argv = {
+        "missing": _fit_argv(tmp_path / "nope", out),
+        "empty": _fit_argv(empty, out),
+        "unreadable": _fit_argv(unreadable, out),
+        "backbone": _fit_argv(category, out, "--backbone", "resnet1"),
+        "layers": _fit_argv(category, out, "--layers", "layer9"),
+        "ratio": _fit_argv(category, out, "--coreset-ratio", "2"),
+        "too_few": _fit_argv(one, out, "--method", "padim"),
+        "components": _fit_argv(category, out, "--method", "padim", "--n-components", "1000"),
+    }[case]
+    got, _, err = _run(argv, capsys)
+    assert got == code
+    assert message in err
+    assert "Traceback" not in err
+    if case != "ratio":  # argparse prints its usage first
+        assert len(err.strip().splitlines()) <= 2  # the error, and maybe a skipped-image note
+    assert not out.exists()
+
+
+def test_weights_unavailable_offline_is_a_setup_error(category, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SKLEARN_MEMAD_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    argv = ["fit", "--train", str(category), "--out", str(tmp_path / "m.joblib"),
+            "--backbone", "resnet18", "--image-size", str(SIZE), "-q"]
+    code, _, err = _run(argv, capsys)
+    assert code == cli.EXIT_SETUP
+    assert "resnet18" in err and "Traceback" not in err
+
+
+def _incompatible_model(path, pipe):
+    """A model file holding an object whose class no longer exists (an older library)."""
+    module = types.ModuleType("sklearn_memad_gone")
+
+    class Gone:
+        pass
+
+    Gone.__module__ = module.__name__
+    Gone.__qualname__ = "Gone"
+    module.Gone = Gone
+    sys.modules[module.__name__] = module
+    try:
+        joblib.dump({"sklearn_memad_model": 1, "version": "0.0.1", "pipeline": pipe,
+                     "extra": Gone()}, path)
+    finally:
+        del sys.modules[module.__name__]
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "dict", "newer", "incompatible", "other"])
+def test_score_refuses_bad_model_files(case, model, category, tmp_path, capsys):
+    path = tmp_path / "model.joblib"
+    pipe, _ = load_model(model)
+    if case == "garbage":
+        path.write_bytes(b"hello, not a pickle")
+    elif case == "dict":
+        joblib.dump({"weights": [1, 2, 3]}, path)
+    elif case == "newer":
+        joblib.dump({"sklearn_memad_model": MODEL_FORMAT + 1, "version": "9.0",
+                     "pipeline": pipe}, path)
+    elif case == "incompatible":
+        _incompatible_model(path, pipe)
+    elif case == "other":
+        from sklearn.ensemble import IsolationForest
+
+        joblib.dump(IsolationForest(), path)
+    message = {
+        "missing": "does not exist",
+        "garbage": "not a sklearn_memad model file",
+        "dict": "not a sklearn_memad model file",
+        "newer": "format",
+        "incompatible": "incompatible version",
+        "other": "not a sklearn_memad model file",
+    }[case]
+    code, _, err = _run(
+        ["score", "--model", str(path), str(category / "test"), "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == cli.EXIT_MODEL
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises((ModelFileError, FileNotFoundError)):
+        load_model(path)
+
+
+def test_score_accepts_a_bare_joblib_pipeline(model, category, tmp_path, capsys):
+    pipe, _ = load_model(model)
+    path = tmp_path / "bare.joblib"
+    joblib.dump(pipe, path)
+    code, _, err = _run(
+        ["score", "--model", str(path), str(category / "test" / "good"), "--out",
+         str(tmp_path / "o"), "-q"],
+        capsys,
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["score", "--model", "{model}", "{tmp}/nope.png"], cli.EXIT_DATA),
+        (["score", "--model", "{model}", "{tmp}/empty"], cli.EXIT_DATA),
+        (["frobnicate"], cli.EXIT_USAGE),
+        (["fit"], cli.EXIT_USAGE),
+        (["demo", "--textures", "wood", "--out", "{tmp}/d"], cli.EXIT_USAGE),
+        (["--version"], cli.EXIT_OK),
+        (["score", "--help"], cli.EXIT_OK),
+    ],
+)
+def test_usage_and_input_exit_codes(argv, code, model, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(model=model, tmp=tmp_path) for a in argv]
+    got, _, err = _run(argv, capsys)
+    assert got == code
+    assert "Traceback" not in err
+
+
+def test_save_and_load_model_header(category, tmp_path):
+    data = load_mvtec(category, "train")
+    pipe = make_detector_pipeline("dfkde", backbone="resnet18", weights=None, image_size=SIZE)
+    pipe.fit(data.images)
+    header = save_model(pipe, tmp_path / "m.joblib", note="hello")
+    assert header["sklearn_memad_model"] == MODEL_FORMAT and header["note"] == "hello"
+    payload = joblib.load(tmp_path / "m.joblib")
+    assert payload["pipeline"].steps[-1][0] == "dfkdedetector"
+    loaded, read = load_model(tmp_path / "m.joblib")
+    assert read["version"] == header["version"] and read["image_size"] == (SIZE, SIZE)
+    np.testing.assert_allclose(
+        loaded.score_samples(data.images[:2]), pipe.score_samples(data.images[:2]), rtol=1e-5
+    )
+    with pytest.raises(ModelFileError, match="fitted sklearn_memad pipeline"):
+        save_model(make_detector_pipeline("padim"), tmp_path / "unfitted.joblib")
+
+
+def test_demo_small_run(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, printed, err = _run(
+        ["demo", "--small", "--out", str(out)] + FAST, capsys
+    )
+    assert code == 0, err
+    for name in ("PatchCore", "PaDiM", "DFKDE", "image AUROC", "pixel AUROC", "fit s"):
+        assert name in printed
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert len(overlays) == 4  # one normal image and one per defect type
+    test = load_mvtec(out / "data" / "brick", "test")
+    assert set(test.kinds) == {"good", "scratch", "stain", "foreign"}
+
+
+def test_demo_data_is_deterministic_and_round_trips(tmp_path):
+    kwargs = dict(n_train=3, n_test_normal=2, n_test_per_defect=2, image_size=64)
+    a = make_texture_anomalies("gravel", **kwargs)
+    b = make_texture_anomalies("gravel", **kwargs)
+    np.testing.assert_array_equal(a.X_test, b.X_test)
+    np.testing.assert_array_equal(a.masks_test, b.masks_test)
+    assert not np.array_equal(make_texture_anomalies("grass", **kwargs).X_test, a.X_test)
+    defective = a.y_test == -1
+    assert a.masks_test[defective].any(axis=(1, 2)).all()
+    assert not a.masks_test[~defective].any()
+    # Pasted defects change the pixels under their masks.
+    assert a.X_test.shape == (8, 64, 64, 3) and a.X_test.dtype == np.uint8
+    root = save_mvtec_layout(a, tmp_path / "gravel")
+    test = load_mvtec(root, "test")
+    order = np.argsort(a.kinds_test, kind="stable")
+    np.testing.assert_array_equal(test.images, a.X_test[order])
+    np.testing.assert_array_equal(test.masks, a.masks_test[order])
+    np.testing.assert_array_equal(load_mvtec(root, "train").images, a.X_train)
+
+
+def test_python_dash_m_exit_code_and_no_matplotlib_import(tmp_path):
+    # Runs the package's __main__ as `python -m sklearn_memad` does, then checks that the
+    # command line did not import matplotlib (an optional extra).
+    code = (
+        "import runpy, sys\n"
+        "try:\n"
+        "    runpy.run_module('sklearn_memad', run_name='__main__', alter_sys=True)\n"
+        "finally:\n"
+        "    assert 'matplotlib' not in sys.modules\n"
+    )
+    missing = tmp_path / "nope"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "fit", "--train", str(missing)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == cli.EXIT_DATA, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"memad fit: error: the training folder '{missing}' does not exist"
+    ]
+
+
+def test_pickle_of_model_file_has_no_torch_module(model):
+    with open(model, "rb") as handle:
+        assert b"torch.nn" not in handle.read()
+    assert pickle.loads(pickle.dumps(load_model(model)[0])) is not None
