@@ -133,9 +133,24 @@ class PatchCoreDetector(MemoryDetectorMixin):
         )
         self.coreset_ = np.ascontiguousarray(bank[selected])
         self.coreset_source_ = (selected // (h * w)).astype(np.int32)
-        index_seed = rng.randint(np.iinfo(np.int32).max)
-        self._search = NearestNeighborSearch(self.coreset_, self.search, index_seed)
+        self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
         self.memory_bytes_ = int(self.coreset_.nbytes)
+
+    @property
+    def _searcher(self):
+        """k-NN search over the coreset, built on first use and never pickled."""
+        searcher = self.__dict__.get("_search_cache")
+        if searcher is None or searcher.bank is not self.coreset_:
+            searcher = NearestNeighborSearch(self.coreset_, self.search, self.index_seed_)
+            self._search_cache = searcher
+        return searcher
+
+    def __getstate__(self):
+        # The search holds the coreset's norms and, when approximate, a graph: both are
+        # rebuilt from coreset_ rather than stored twice in a model file.
+        state = dict(super().__getstate__())
+        state.pop("_search_cache", None)
+        return state
 
     def _score_patches(self, grids):
         n, h, w, d = grids.shape
@@ -143,7 +158,7 @@ class PatchCoreDetector(MemoryDetectorMixin):
         scores = np.empty(queries.shape[0], dtype=np.float64)
         step = chunk_rows(d * 4 + self.n_neighbors * 12)
         for start in range(0, queries.shape[0], step):
-            distances, _ = self._search.kneighbors(queries[start : start + step], self.n_neighbors)
+            distances, _ = self._searcher.kneighbors(queries[start : start + step], self.n_neighbors)
             scores[start : start + step] = distances.mean(axis=1, dtype=np.float64)
         return scores.reshape(n, h, w)
 
@@ -160,7 +175,7 @@ class PatchCoreDetector(MemoryDetectorMixin):
         step = chunk_rows(d * 4 + n_ask * 16)
         for start in range(0, queries.shape[0], step):
             stop = start + step
-            distances, indices = self._search.kneighbors(queries[start:stop], n_ask)
+            distances, indices = self._searcher.kneighbors(queries[start:stop], n_ask)
             other = self.coreset_source_[indices] != source[start:stop, None]
             # Keep the first k entries from other images (neighbours come nearest first).
             keep = other & (np.cumsum(other, axis=1) <= k)
