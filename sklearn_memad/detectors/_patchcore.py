@@ -164,23 +164,23 @@ class PatchCoreDetector(MemoryDetectorMixin):
 
     def _out_of_sample_patch_scores(self, grids):
         n, h, w, d = grids.shape
-        n_coreset = self.coreset_.shape[0]
-        k = min(self.n_neighbors, n_coreset)
-        # Asking for k plus the most entries any one image holds guarantees k from other images.
-        most_from_one_image = np.bincount(self.coreset_source_).max()
-        n_ask = int(min(k + most_from_one_image, n_coreset))
+        k = min(self.n_neighbors, self.coreset_.shape[0])
         queries = grids.reshape(-1, d)
-        source = np.repeat(np.arange(n), h * w)
+        source = np.repeat(np.arange(n, dtype=self.coreset_source_.dtype), h * w)
         scores = np.empty(queries.shape[0], dtype=np.float64)
-        step = chunk_rows(d * 4 + n_ask * 16)
+        step = chunk_rows(d * 4 + k * 12)
         for start in range(0, queries.shape[0], step):
             stop = start + step
-            distances, indices = self._searcher.kneighbors(queries[start:stop], n_ask)
-            other = self.coreset_source_[indices] != source[start:stop, None]
-            # Keep the first k entries from other images (neighbours come nearest first).
-            keep = other & (np.cumsum(other, axis=1) <= k)
-            counts = keep.sum(axis=1)
-            held_out = np.where(keep, distances, 0.0).sum(axis=1) / np.maximum(counts, 1)
-            in_sample = distances[:, :k].mean(axis=1)
-            scores[start:stop] = np.where(counts > 0, held_out, in_sample)
+            distances, _ = self._searcher.kneighbors(
+                queries[start:stop], k, exclude=(source[start:stop], self.coreset_source_)
+            )
+            held_out = np.isfinite(distances)
+            counts = held_out.sum(axis=1)
+            scores[start:stop] = np.where(held_out, distances, 0.0).sum(axis=1) / np.maximum(
+                counts, 1
+            )
+            alone = np.flatnonzero(counts == 0)
+            if alone.size:  # every coreset entry comes from this patch's own image
+                in_sample, _ = self._searcher.kneighbors(queries[start:stop][alone], k)
+                scores[start + alone] = in_sample.mean(axis=1)
         return scores.reshape(n, h, w)

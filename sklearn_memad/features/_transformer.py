@@ -275,7 +275,8 @@ def _prepare(images, size, extractor):
             tensor = F.interpolate(
                 tensor, size=size, mode="bilinear", align_corners=False, antialias=True
             )
-        return ((tensor - extractor.mean) / extractor.std).contiguous()
+        tensor = (tensor - extractor.mean) / extractor.std
+        return tensor.contiguous(memory_format=torch.channels_last)
 
 
 def _check_image_layout(X, name="X"):

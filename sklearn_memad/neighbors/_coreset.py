@@ -16,7 +16,7 @@ from .._progress import progress
 __all__ = ["greedy_coreset", "project_for_coreset"]
 
 # Above this fraction of candidate rows a full pass beats gathering them (measured here).
-_GATHER_BELOW = 0.08
+_GATHER_BELOW = 0.2
 # 4 (the squared factor 2 of the bound), widened for float32 rounding.
 _SLACK = 4.0 * 1.001
 

@@ -62,11 +62,35 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         self : object
             Fitted transformer.
         """
-        if self.size % 2 == 0:
-            raise ValueError(f"size must be an odd integer >= 1; got size={self.size}.")
+        self._check_size()
         with restore_on_error(self):
             check_grids(self, X, reset=True)
         return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None):
+        """Fit to ``X`` and aggregate it, validating the (possibly large) grids once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d) or (n, d)
+            Patch-feature grids.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        grids : ndarray of shape (n, h, w, d) or (n, d), float32
+            Aggregated grids, same shape as ``X``.
+        """
+        self._check_size()
+        with restore_on_error(self):
+            grids, was_2d = check_grids(self, X, reset=True)
+        return self._aggregate(grids, was_2d)
+
+    def _check_size(self):
+        if self.size % 2 == 0:
+            raise ValueError(f"size must be an odd integer >= 1; got size={self.size}.")
 
     def transform(self, X):
         """Replace each patch feature by the mean over its neighbourhood.
@@ -82,7 +106,9 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
             Aggregated grids, same shape as ``X``.
         """
         check_is_fitted(self)
-        grids, was_2d = check_grids(self, X, reset=False)
+        return self._aggregate(*check_grids(self, X, reset=False))
+
+    def _aggregate(self, grids, was_2d):
         if self.size > 1 and grids.shape[1] * grids.shape[2] > 1:
             window = (1, self.size, self.size, 1)
             # Sum of the existing neighbours over their count: no zero padding at the border.

@@ -79,11 +79,31 @@ class RandomProjection(TransformerMixin, BaseEstimator):
             Fitted transformer.
         """
         with restore_on_error(self):
-            self._fit(X)
+            self._fit(check_grids(self, X, reset=True)[0])
         return self
 
-    def _fit(self, X):
-        grids, _ = check_grids(self, X, reset=True)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None):
+        """Fit to ``X`` and project it, validating the (possibly large) grids once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d) or (n, d)
+            Patch-feature grids.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        grids : ndarray of shape (n, h, w, n_components) or (n, n_components), float32
+            Projected grids.
+        """
+        with restore_on_error(self):
+            grids, was_2d = check_grids(self, X, reset=True)
+            self._fit(grids)
+        return self._project(grids, was_2d)
+
+    def _fit(self, grids):
         d = grids.shape[-1]
         if self.method == "channels":
             if self.n_components > d:
@@ -117,7 +137,9 @@ class RandomProjection(TransformerMixin, BaseEstimator):
             Projected grids.
         """
         check_is_fitted(self)
-        grids, was_2d = check_grids(self, X, reset=False)
+        return self._project(*check_grids(self, X, reset=False))
+
+    def _project(self, grids, was_2d):
         n, h, w, d = grids.shape
         if self.method == "channels":
             out = grids[..., self.channels_]
