@@ -3,6 +3,7 @@
 from numbers import Real
 
 import numpy as np
+import torch
 from sklearn.utils._param_validation import Interval
 
 from .._validation import check_grid_shape, check_grids, restore_on_error
@@ -151,14 +152,15 @@ class PaDiMDetector(MemoryDetectorMixin):
         total, outer = self._moments
         # New arrays rather than in-place sums: a failed call must leave the old ones intact.
         total = total + grids.reshape(n, h * w, d).sum(axis=0, dtype=np.float64)
-        outer = outer.copy()
+        outer = torch.from_numpy(outer.copy())
         step = chunk_rows(h * w * d * 8)
-        for start in range(0, n, step):
-            # (positions, images, d): one batched product X^T X per position.
-            chunk = grids[start : start + step].reshape(-1, h * w, d).transpose(1, 0, 2)
-            chunk = chunk.astype(np.float64)
-            outer += np.matmul(chunk.transpose(0, 2, 1), chunk)
-        self._moments = (total, outer)
+        with torch.inference_mode():
+            for start in range(0, n, step):
+                # (positions, images, d): one batched product X^T X per position.
+                chunk = torch.from_numpy(grids[start : start + step].reshape(-1, h * w, d))
+                chunk = chunk.transpose(0, 1).double()
+                outer.baddbmm_(chunk.transpose(1, 2), chunk)
+        self._moments = (total, outer.numpy())
         self.n_samples_seen_ += n
 
     def _finalize(self):
@@ -168,7 +170,11 @@ class PaDiMDetector(MemoryDetectorMixin):
         cov = (outer - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
         d = mean.shape[1]
         cov[:, np.arange(d), np.arange(d)] += self.reg
-        factor = np.linalg.inv(np.linalg.cholesky(cov))  # W = L^-1, so W C W^T = I
+        with torch.inference_mode():
+            # W = L^-1 for C = L L^T, so W C W^T = I; a batched triangular solve.
+            lower = torch.linalg.cholesky(torch.from_numpy(cov))
+            identity = torch.eye(d, dtype=lower.dtype).expand_as(lower)
+            factor = torch.linalg.solve_triangular(lower, identity, upper=False).numpy()
         rows, cols = np.tril_indices(d)
         self.mean_ = mean.reshape(self.grid_shape_ + (d,)).astype(np.float32)
         self.whitening_ = factor[:, rows, cols].astype(np.float32)
@@ -182,15 +188,16 @@ class PaDiMDetector(MemoryDetectorMixin):
         mean = self.mean_.reshape(h * w, d)
         rows, cols = np.tril_indices(d)
         out = np.empty((n, h * w), dtype=np.float64)
-        step = chunk_rows((d * d + n * d) * 8)
-        for start in range(0, h * w, step):
-            stop = min(start + step, h * w)
-            factor = np.zeros((stop - start, d, d), dtype=np.float64)
-            factor[:, rows, cols] = self.whitening_[start:stop]
-            centred = (flat[:, start:stop] - mean[start:stop]).astype(np.float64)
-            # (positions, d, d) @ (positions, d, n) -> whitened residuals per position.
-            whitened = np.matmul(factor, centred.transpose(1, 2, 0))
-            out[:, start:stop] = np.einsum("pdn,pdn->np", whitened, whitened)
+        step = chunk_rows((d * d + 2 * n * d) * 8)
+        with torch.inference_mode():
+            for start in range(0, h * w, step):
+                stop = min(start + step, h * w)
+                factor = np.zeros((stop - start, d, d), dtype=np.float64)
+                factor[:, rows, cols] = self.whitening_[start:stop]
+                centred = (flat[:, start:stop] - mean[start:stop]).transpose(1, 2, 0)
+                # (positions, d, d) @ (positions, d, n) -> whitened residuals per position.
+                whitened = torch.bmm(torch.from_numpy(factor), torch.from_numpy(centred).double())
+                out[:, start:stop] = whitened.square_().sum(dim=1).T.numpy()
         return out.reshape(n, h, w)
 
     def _score_patches(self, grids):
