@@ -38,7 +38,7 @@ def project_for_coreset(features, projection_dim, random_state):
 
 
 def greedy_coreset(
-    features, n_select, *, projection_dim=128, random_state=None, verbose=False
+    features, n_select, *, projection_dim=64, random_state=None, verbose=False
 ):
     """Select ``n_select`` rows of ``features`` by greedy k-center.
 
@@ -48,7 +48,7 @@ def greedy_coreset(
         The bank to thin.
     n_select : int
         Number of entries to keep (capped at ``n_samples``).
-    projection_dim : int or None, default=128
+    projection_dim : int or None, default=64
         Distances are measured after a seeded Gaussian projection to this many dimensions
         (None or >= d: on the features themselves).
     random_state : int, RandomState instance or None, default=None
