@@ -95,30 +95,27 @@ def _image_size(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _ratio(text):
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 1]; got {text!r}")
-    return value
+def _auto_or_fraction(upper):
+    """argparse type: 'auto' or a number in (0, upper]."""
+
+    def parse(text):
+        if text == "auto":
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= upper:
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or a number in (0, {upper}]; got {text!r}"
+            )
+        return value
+
+    return parse
 
 
-def _contamination(text):
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto' or a number in (0, 0.5]; got {text!r}"
-        )
-    return value
+_ratio = _auto_or_fraction(1)
+_contamination = _auto_or_fraction(0.5)
 
 
 def _positive_int(text):

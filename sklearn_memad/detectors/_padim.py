@@ -98,7 +98,7 @@ class PaDiMDetector(MemoryDetectorMixin):
     # ----------------------------------------------------------------- fitting
     def _fit_memory(self, grids):
         self._reset_moments(grids)
-        self._add_moments(grids)
+        self._add_moments(grids, fresh=True)
         self._finalize()
 
     def partial_fit(self, X, y=None):
@@ -147,12 +147,13 @@ class PaDiMDetector(MemoryDetectorMixin):
             np.zeros((h * w, d, d), dtype=np.float64),
         )
 
-    def _add_moments(self, grids):
+    def _add_moments(self, grids, fresh=False):
         n, h, w, d = grids.shape
         total, outer = self._moments
-        # New arrays rather than in-place sums: a failed call must leave the old ones intact.
+        # New arrays rather than in-place sums, so a failed partial_fit leaves the old ones
+        # intact; freshly reset sums belong to no earlier state and are summed in place.
         total = total + grids.reshape(n, h * w, d).sum(axis=0, dtype=np.float64)
-        outer = torch.from_numpy(outer.copy())
+        outer = torch.from_numpy(outer if fresh else outer.copy())
         step = chunk_rows(h * w * d * 8)
         with torch.inference_mode():
             for start in range(0, n, step):
