@@ -3,10 +3,12 @@
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..neighbors import NearestNeighborSearch, greedy_coreset
+from ..neighbors._coreset import project_for_coreset
 from ._base import MemoryDetectorMixin, chunk_rows
 
 __all__ = ["PatchCoreDetector"]
@@ -72,8 +74,13 @@ class PatchCoreDetector(MemoryDetectorMixin):
     -----
     ``offset_`` comes from leave-one-image-out scores against the single coreset: each
     training patch is scored against the coreset entries taken from other images, so
-    calibration needs no second coreset. (With a coreset drawn from one image only, there is
-    no other image and those patches keep their in-sample score.)
+    calibration needs no second coreset. Removing an image's entries alone would leave holes
+    that a coreset built without the image would have filled (training images would look
+    worse than new normal ones, and ``contamination=c`` would flag about ``c / 2`` of new
+    normal images); so, for each image, as many replacements as it had entries are chosen,
+    farthest first, among the other images' patches its entries covered. (With a coreset
+    drawn from one image only, there is no other image and those patches keep their
+    in-sample score.)
 
     Examples
     --------
@@ -127,17 +134,21 @@ class PatchCoreDetector(MemoryDetectorMixin):
         bank = grids.reshape(-1, d)
         rng = check_random_state(self.random_state)
         n_select = int(np.ceil(self.coreset_ratio * bank.shape[0]))
-        selected = greedy_coreset(
-            bank,
+        points = project_for_coreset(bank, self.projection_dim, rng)
+        selected, owner, cover_sq = greedy_coreset(
+            points,
             n_select,
-            projection_dim=self.projection_dim,
+            projection_dim=None,
             random_state=rng,
             verbose=self.verbose,
+            return_cover=True,
         )
         self.coreset_ = np.ascontiguousarray(bank[selected])
         self.coreset_source_ = (selected // (h * w)).astype(np.int32)
         self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
         self.memory_bytes_ = int(self.coreset_.nbytes)
+        # Kept only until calibration, which reads how the selection covered the bank.
+        self._selection = (points, selected, owner, cover_sq)
 
     @property
     def _searcher(self):
@@ -170,20 +181,79 @@ class PatchCoreDetector(MemoryDetectorMixin):
         k = min(self.n_neighbors, self.coreset_.shape[0])
         queries = grids.reshape(-1, d)
         source = np.repeat(np.arange(n, dtype=self.coreset_source_.dtype), h * w)
-        scores = np.empty(queries.shape[0], dtype=np.float64)
+        neighbours = np.empty((queries.shape[0], k), dtype=np.float32)
         step = chunk_rows(d * 4 + k * 12)
         for start in range(0, queries.shape[0], step):
             stop = start + step
-            distances, _ = self._searcher.kneighbors(
+            neighbours[start:stop], _ = self._searcher.kneighbors(
                 queries[start:stop], k, exclude=(source[start:stop], self.coreset_source_)
             )
-            held_out = np.isfinite(distances)
-            counts = held_out.sum(axis=1)
-            scores[start:stop] = np.where(held_out, distances, 0.0).sum(axis=1) / np.maximum(
-                counts, 1
-            )
-            alone = np.flatnonzero(counts == 0)
-            if alone.size:  # every coreset entry comes from this patch's own image
-                in_sample, _ = self._searcher.kneighbors(queries[start:stop][alone], k)
-                scores[start + alone] = in_sample.mean(axis=1)
+        selection = self.__dict__.pop("_selection", None)
+        if selection is not None:
+            neighbours = self._add_replacements(queries, source, neighbours, *selection)
+        held_out = np.isfinite(neighbours)
+        counts = held_out.sum(axis=1)
+        scores = np.where(held_out, neighbours, 0.0).sum(axis=1, dtype=np.float64)
+        scores /= np.maximum(counts, 1)
+        alone = np.flatnonzero(counts == 0)
+        if alone.size:  # every coreset entry comes from this patch's own image
+            in_sample, _ = self._searcher.kneighbors(queries[alone], k)
+            scores[alone] = in_sample.mean(axis=1)
         return scores.reshape(n, h, w)
+
+    def _add_replacements(self, queries, source, neighbours, points, selected, owner, cover_sq):
+        """Merge into each image's held-out neighbours the entries that a coreset of the same
+        size, built without that image, would hold in place of the image's own.
+
+        Leaving an image's entries out of the single coreset leaves holes: the patches of
+        other images that those entries covered lose their cover, so the training images
+        would score worse than new normal images (``contamination=c`` would flag about
+        ``c / 2`` of them). A selection without the image spends its freed entries on those
+        orphaned patches, farthest first; the same greedy rule, run over them with the rest
+        of the coreset fixed, picks as many replacements as the image had entries.
+        """
+        entry_source = self.coreset_source_
+        covering_image = entry_source[owner]
+        orphans = np.flatnonzero(covering_image != source)
+        if orphans.size == 0:
+            return neighbours
+        # Distance (in the selection's projected space) of each orphan to the nearest entry
+        # of another image than the one whose entry covers it.
+        entries = NearestNeighborSearch(points[selected])
+        gap = np.empty(orphans.size, dtype=np.float32)
+        step = chunk_rows(points.shape[1] * 4 + 16)
+        for start in range(0, orphans.size, step):
+            rows = orphans[start : start + step]
+            gap[start : start + step] = entries.kneighbors(
+                points[rows], 1, exclude=(covering_image[rows], entry_source)
+            )[0][:, 0]
+        order = np.argsort(covering_image[orphans], kind="stable")
+        orphans, gap = orphans[order], gap[order]
+        held_image = covering_image[orphans]
+        images, starts = np.unique(held_image, return_index=True)
+        stops = np.append(starts[1:], held_image.size)
+        n_entries = np.bincount(entry_source, minlength=int(images[-1]) + 1)
+        per_image = queries.shape[0] // (int(source[-1]) + 1)
+        k = neighbours.shape[1]
+        for image, start, stop in zip(images, starts, stops):
+            group = orphans[start:stop]
+            added = group[_farthest_first(points[group], gap[start:stop], n_entries[image])]
+            own = slice(image * per_image, (image + 1) * per_image)
+            extra = torch.cdist(torch.from_numpy(queries[own]), torch.from_numpy(queries[added]))
+            merged = np.concatenate([neighbours[own], extra.numpy()], axis=1)
+            neighbours[own] = np.sort(np.partition(merged, k - 1, axis=1)[:, :k], axis=1)
+        return neighbours
+
+
+def _farthest_first(candidates, distances, n_picks):
+    """Greedy k-center over ``candidates`` whose distances to fixed centres are ``distances``:
+    the indices of the first ``n_picks`` (at most all) picks."""
+    candidates = torch.from_numpy(np.ascontiguousarray(candidates))
+    distances = torch.from_numpy(distances.copy())
+    picks = np.empty(min(int(n_picks), distances.shape[0]), dtype=np.intp)
+    for i in range(picks.size):
+        far = int(torch.argmax(distances))
+        picks[i] = far
+        to_new = torch.linalg.vector_norm(candidates - candidates[far], dim=1)
+        torch.minimum(distances, to_new, out=distances)
+    return picks

@@ -38,7 +38,13 @@ def project_for_coreset(features, projection_dim, random_state):
 
 
 def greedy_coreset(
-    features, n_select, *, projection_dim=64, random_state=None, verbose=False
+    features,
+    n_select,
+    *,
+    projection_dim=64,
+    random_state=None,
+    verbose=False,
+    return_cover=False,
 ):
     """Select ``n_select`` rows of ``features`` by greedy k-center.
 
@@ -55,17 +61,26 @@ def greedy_coreset(
         Seeds the projection and the first centre.
     verbose : bool, default=False
         Show a progress bar.
+    return_cover : bool, default=False
+        Also return which entry covers each row and how far it is.
 
     Returns
     -------
     indices : ndarray of shape (n_select,)
         Row indices of the selected entries, in selection order.
+    owner : ndarray of shape (n_samples,), int32
+        Only with ``return_cover``: position in ``indices`` of each row's nearest entry.
+    cover_sq : ndarray of shape (n_samples,), float32
+        Only with ``return_cover``: squared (projected) distance of each row to that entry.
     """
     rng = check_random_state(random_state)
     n_samples = features.shape[0]
     n_select = int(min(max(n_select, 1), n_samples))
     if n_select == n_samples:
-        return np.arange(n_samples)
+        everything = np.arange(n_samples)
+        if return_cover:
+            return everything, everything.astype(np.int32), np.zeros(n_samples, np.float32)
+        return everything
     points = project_for_coreset(features, projection_dim, rng)
     sq_norms = np.einsum("ij,ij->i", points, points)
 
@@ -104,6 +119,8 @@ def greedy_coreset(
         moved = rows[closer]
         nearest_sq[moved] = sq[closer]
         owner[moved] = step
+    if return_cover:
+        return selected, owner, nearest_sq
     return selected
 
 
