@@ -119,6 +119,31 @@ def test_layers_none_picks_recommended(images, grids):
     np.testing.assert_array_equal(make(layers=None).fit_transform(images), grids)
 
 
+def test_max_features_keeps_a_seeded_subset_picked_before_resampling(fitted, images, grids):
+    sub = make(max_features=50).fit(images)
+    kept = sub.features_kept_
+    assert kept.shape == (50,) and np.all(np.diff(kept) > 0) and kept.max() < 384
+    # Channels of both layers are kept (layer2: 0-127, layer3: 128-383).
+    assert kept.min() < 128 <= kept.max()
+    assert sub.init_seed_ == fitted.init_seed_  # the same network as without the subset
+    assert sub.feature_shape_ == (8, 8, 50)
+    # Picking before the bilinear resampling is the same as picking after it.
+    np.testing.assert_allclose(sub.transform(images), grids[..., kept], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(make(max_features=50).fit(images).features_kept_, kept)
+    assert not np.array_equal(make(max_features=50, random_state=1).fit(images).features_kept_, kept)
+
+
+def test_max_features_at_or_above_d_keeps_everything(images, grids):
+    wide = make(max_features=384).fit(images)
+    assert wide.features_kept_ is None
+    np.testing.assert_array_equal(wide.transform(images), grids)
+
+
+def test_max_features_must_be_a_positive_int(images):
+    with pytest.raises(ValueError, match="max_features"):
+        make(max_features=0).fit(images)
+
+
 # --- inputs -------------------------------------------------------------------------------
 
 

@@ -366,8 +366,12 @@ class LayerExtractor:
 
         return record
 
-    def features(self, batch):
-        """Return the merged grids ``(n, h, w, d)`` of a normalised NCHW batch."""
+    def features(self, batch, channels=None):
+        """Return the merged grids ``(n, h, w, d)`` of a normalised NCHW batch.
+
+        ``channels`` (sorted indices into the concatenated features, or None for all) are
+        picked before resampling.
+        """
         outputs = self._local.outputs = {}
         try:
             with torch.inference_mode():
@@ -379,10 +383,10 @@ class LayerExtractor:
         missing = [name for name in self.layers if name not in outputs]
         if missing:
             raise ValueError(f"layers {missing} did not run in the backbone's forward pass.")
-        return _merge_feature_maps([outputs[name] for name in self.layers], self.layers)
+        return _merge_feature_maps([outputs[name] for name in self.layers], self.layers, channels)
 
 
-def _merge_feature_maps(maps, names):
+def _merge_feature_maps(maps, names, channels=None):
     for name, fmap in zip(names, maps):
         if not torch.is_tensor(fmap) or fmap.ndim != 4:
             shape = tuple(fmap.shape) if torch.is_tensor(fmap) else type(fmap).__name__
@@ -392,6 +396,8 @@ def _merge_feature_maps(maps, names):
             )
     # The finest grid keeps the most spatial detail; coarser maps are upsampled onto it.
     height, width = max((tuple(m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])
+    if channels is not None:
+        maps = _pick_channels(maps, channels)
     with torch.inference_mode():
         # Channels-last layout makes the bilinear upsampling ~7x faster on CPU and turns the
         # final (n, h, w, d) layout into a plain concatenation, with no transposing copy.
@@ -407,3 +413,17 @@ def _merge_feature_maps(maps, names):
             for m in maps
         ]
         return torch.cat([m.permute(0, 2, 3, 1) for m in resized], dim=3).float()
+
+
+def _pick_channels(maps, channels):
+    """Keep the ``channels`` (indices into the concatenation of ``maps``) of each map."""
+    picked, offset = [], 0
+    with torch.inference_mode():
+        for fmap in maps:
+            n_channels = fmap.shape[1]
+            local = channels[(channels >= offset) & (channels < offset + n_channels)] - offset
+            offset += n_channels
+            if local.size:
+                index = torch.as_tensor(local, dtype=torch.long, device=fmap.device)
+                picked.append(fmap.index_select(1, index))
+    return picked

@@ -65,6 +65,14 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         Size the images are resized to (bilinear, antialiased): a side for square images or
         ``(height, width)``. None keeps the input size.
 
+    max_features : int or None, default=None
+        Keep a random subset of at most this many of the concatenated features (the random
+        dimension reduction of PaDiM), chosen in ``fit`` and seeded by ``random_state``. Each
+        layer's kept channels are picked before resampling, so time and memory scale with the
+        kept features rather than all of them (the same subset picked afterwards by
+        :class:`~sklearn_memad.RandomProjection` with ``method="channels"`` would first build
+        every feature). None keeps all.
+
     batch_size : int, default=16
         Number of images converted and passed through the backbone at once; it bounds memory
         and changes the result only by float rounding (convolution kernels may differ).
@@ -74,8 +82,9 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         ``"auto"`` (CUDA when available). Outputs are NumPy arrays on the CPU either way.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the backbone's random initialisation when ``weights=None``. Pass an int for the
-        same weights across calls to ``fit``.
+        Seeds the backbone's random initialisation when ``weights=None`` and the subset of
+        features kept with ``max_features``. Pass an int for the same weights and subset
+        across calls to ``fit``.
 
     verbose : int or bool, default=False
         Show a progress bar on standard error in ``transform``.
@@ -88,6 +97,10 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
 
     feature_shape_ : tuple of int
         ``(h, w, d)`` of each output grid for images of the size seen in ``fit``.
+
+    features_kept_ : ndarray of shape (d,) or None
+        Sorted indices, into the concatenation of the layers' channels, of the features kept
+        with ``max_features``; None when all are kept.
 
     See Also
     --------
@@ -128,6 +141,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         "layers": [str, tuple, list, None],
         "weights": [str, os.PathLike, None],
         "image_size": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
+        "max_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": [str],
         "random_state": ["random_state"],
@@ -140,6 +154,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         layers=("layer2", "layer3"),
         weights="DEFAULT",
         image_size=256,
+        max_features=None,
         batch_size=16,
         device="cpu",
         random_state=None,
@@ -149,6 +164,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         self.layers = layers
         self.weights = weights
         self.image_size = image_size
+        self.max_features = max_features
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -180,13 +196,19 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         images = _check_image_layout(X)
         for _ in _iter_batches(images, self.batch_size):
             pass  # every value is checked before the (slow) build and any state change
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
         extractor = self._get_extractor(seed)
         size = self._target_size(images.shape[1:3])
         probe = torch.zeros((1, 3) + size, device=extractor.device)
         shape = tuple(extractor.features(probe).shape[1:])
+        kept = None
+        if self.max_features is not None and self.max_features < shape[2]:
+            kept = np.sort(rng.choice(shape[2], size=self.max_features, replace=False))
+            shape = shape[:2] + (len(kept),)
 
         self.init_seed_ = seed
+        self.features_kept_ = kept
         self.feature_shape_ = shape
         return self
 
@@ -213,7 +235,8 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         n_batches = -(-len(images) // self.batch_size)
         batches = _iter_batches(images, self.batch_size)
         for start, batch in progress(batches, self.verbose, "FeatureTransformer", n_batches):
-            features = extractor.features(_prepare(batch, size, extractor)).cpu().numpy()
+            prepared = _prepare(batch, size, extractor)
+            features = extractor.features(prepared, self.features_kept_).cpu().numpy()
             if grids is None:
                 grids = np.empty((len(images),) + features.shape[1:], dtype=np.float32)
             grids[start : start + len(batch)] = features
