@@ -199,6 +199,28 @@ def test_padim_partial_fit_equals_fit(train):
     assert chunked.offset_ == pytest.approx(full._offset_from(full.train_scores_[51:]), rel=1e-5)
 
 
+def test_padim_fit_saves_only_its_model_partial_fit_keeps_its_sums(train):
+    import pickle
+
+    fitted = PaDiMDetector().fit(train)
+    # The file is the model (mean and packed factor), not the float64 running sums.
+    assert len(pickle.dumps(fitted)) < 1.2 * fitted.memory_bytes_ + 20_000
+    streamed = PaDiMDetector().partial_fit(train)
+    assert len(pickle.dumps(streamed)) > 2 * fitted.memory_bytes_
+    resumed = pickle.loads(pickle.dumps(streamed)).partial_fit(train[:20])
+    assert resumed.n_samples_seen_ == len(train) + 20
+
+
+def test_padim_partial_fit_continues_a_fitted_model(train):
+    more = _grids(20, seed=3)
+    continued = PaDiMDetector().fit(train).partial_fit(more)
+    both = PaDiMDetector().fit(np.concatenate([train, more]))
+    assert continued.n_samples_seen_ == len(train) + len(more)
+    np.testing.assert_allclose(continued.mean_, both.mean_, rtol=1e-5, atol=1e-6)
+    x = _grids(10, seed=7)
+    np.testing.assert_allclose(continued.score_samples(x), both.score_samples(x), rtol=1e-4)
+
+
 def test_padim_memory_is_packed_triangle(train):
     est = PaDiMDetector().fit(train)
     d = train.shape[-1]

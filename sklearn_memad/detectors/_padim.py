@@ -97,9 +97,24 @@ class PaDiMDetector(MemoryDetectorMixin):
 
     # ----------------------------------------------------------------- fitting
     def _fit_memory(self, grids):
-        self._reset_moments(grids)
-        self._add_moments(grids, fresh=True)
-        self._finalize()
+        # fit keeps no running sums (only partial_fit needs them): a fitted model holds just
+        # mean_ and whitening_, and each block of positions is whitened straight from data.
+        self.__dict__.pop("_moments", None)
+        n, h, w, d = grids.shape
+        flat = grids.reshape(n, h * w, d)
+        mean = flat.mean(axis=0, dtype=np.float64)
+        self.grid_shape_ = (h, w)
+        self.n_samples_seen_ = n
+        whitening = np.empty((h * w, d * (d + 1) // 2), dtype=np.float32)
+        step = chunk_rows((n * d + 3 * d * d) * 8)
+        with torch.inference_mode():
+            for start in range(0, h * w, step):
+                stop = min(start + step, h * w)
+                centred = torch.from_numpy(flat[:, start:stop]).double().transpose(0, 1)
+                centred = centred - torch.from_numpy(mean[start:stop])[:, None, :]
+                scatter = torch.bmm(centred.transpose(1, 2), centred)
+                whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
+        self._set_model(mean, whitening)
 
     def partial_fit(self, X, y=None):
         """Add a chunk of normal grids to the running statistics and refit the Gaussians.
@@ -117,7 +132,7 @@ class PaDiMDetector(MemoryDetectorMixin):
             Updated detector.
         """
         self._validate_params()
-        first = not hasattr(self, "_moments")
+        first = not hasattr(self, "n_samples_seen_")
         with restore_on_error(self):
             if first:
                 grids = self._validated_training_grids(X, y)
@@ -127,6 +142,8 @@ class PaDiMDetector(MemoryDetectorMixin):
                 check_grid_shape(self, grids, self.grid_shape_)
                 if y is not None:
                     grids = grids[np.asarray(y) != -1]
+                if not hasattr(self, "_moments"):  # fitted by fit, which keeps no sums
+                    self._moments = self._moments_from_model()
             self._add_moments(grids)
             if self.n_samples_seen_ < self._min_images:
                 raise ValueError(
@@ -147,13 +164,29 @@ class PaDiMDetector(MemoryDetectorMixin):
             np.zeros((h * w, d, d), dtype=np.float64),
         )
 
-    def _add_moments(self, grids, fresh=False):
+    def _moments_from_model(self):
+        """Running sums that reproduce the fitted Gaussians (to continue after ``fit``)."""
+        n = self.n_samples_seen_
+        mean = self.mean_.reshape(-1, self.mean_.shape[-1]).astype(np.float64)
+        d = mean.shape[1]
+        rows, cols = np.tril_indices(d)
+        factor = np.zeros((mean.shape[0], d, d))
+        factor[:, rows, cols] = self.whitening_
+        with torch.inference_mode():
+            # C = (W^T W)^-1 for the whitening factor W.
+            lower = torch.linalg.inv(torch.from_numpy(factor))
+            cov = torch.bmm(lower, lower.transpose(1, 2)).numpy()
+        cov[:, np.arange(d), np.arange(d)] -= self.reg
+        outer = (n - 1) * cov + n * mean[:, :, None] * mean[:, None, :]
+        return n * mean, outer
+
+    def _add_moments(self, grids):
         n, h, w, d = grids.shape
         total, outer = self._moments
         # New arrays rather than in-place sums, so a failed partial_fit leaves the old ones
-        # intact; freshly reset sums belong to no earlier state and are summed in place.
+        # intact.
         total = total + grids.reshape(n, h * w, d).sum(axis=0, dtype=np.float64)
-        outer = torch.from_numpy(outer if fresh else outer.copy())
+        outer = torch.from_numpy(outer.copy())
         step = chunk_rows(h * w * d * 8)
         with torch.inference_mode():
             for start in range(0, n, step):
@@ -168,36 +201,56 @@ class PaDiMDetector(MemoryDetectorMixin):
         total, outer = self._moments
         n = self.n_samples_seen_
         mean = total / n
-        cov = (outer - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
         d = mean.shape[1]
-        cov[:, np.arange(d), np.arange(d)] += self.reg
-        with torch.inference_mode():
-            # W = L^-1 for C = L L^T, so W C W^T = I; a batched triangular solve.
-            lower = torch.linalg.cholesky(torch.from_numpy(cov))
-            identity = torch.eye(d, dtype=lower.dtype).expand_as(lower)
-            factor = torch.linalg.solve_triangular(lower, identity, upper=False).numpy()
-        rows, cols = np.tril_indices(d)
-        self.mean_ = mean.reshape(self.grid_shape_ + (d,)).astype(np.float32)
-        self.whitening_ = factor[:, rows, cols].astype(np.float32)
+        whitening = np.empty((mean.shape[0], d * (d + 1) // 2), dtype=np.float32)
+        step = chunk_rows(3 * d * d * 8)
+        for start in range(0, mean.shape[0], step):
+            block = mean[start : start + step]
+            cov = (outer[start : start + step] - n * block[:, :, None] * block[:, None, :]) / (
+                n - 1
+            )
+            with torch.inference_mode():
+                whitening[start : start + step] = self._packed_whitening(torch.from_numpy(cov))
+        self._set_model(mean, whitening)
+
+    def _packed_whitening(self, cov):
+        """Packed lower triangle of ``W = L^-1`` (``C + reg I = L L^T``), float32."""
+        d = cov.shape[-1]
+        cov.diagonal(dim1=1, dim2=2).add_(self.reg)
+        lower = torch.linalg.cholesky(cov)
+        identity = torch.eye(d, dtype=lower.dtype).expand_as(lower)
+        factor = torch.linalg.solve_triangular(lower, identity, upper=False)
+        rows, cols = torch.tril_indices(d, d)
+        return factor[:, rows, cols].float().numpy()
+
+    def _set_model(self, mean, whitening):
+        self.mean_ = mean.reshape(self.grid_shape_ + (mean.shape[-1],)).astype(np.float32)
+        self.whitening_ = whitening
         self.memory_bytes_ = int(self.mean_.nbytes + self.whitening_.nbytes)
 
     # ----------------------------------------------------------------- scoring
     def _squared_distances(self, grids):
         """Squared Mahalanobis distances ``(n, h, w)``, in blocks of positions."""
         n, h, w, d = grids.shape
-        flat = grids.reshape(n, h * w, d)
-        mean = self.mean_.reshape(h * w, d)
-        rows, cols = np.tril_indices(d)
+        flat = torch.from_numpy(grids.reshape(n, h * w, d))
+        mean = torch.from_numpy(self.mean_.reshape(h * w, d))
+        packed = torch.from_numpy(self.whitening_)
+        rows, cols = torch.tril_indices(d, d)
+        unpack = rows * d + cols
         out = np.empty((n, h * w), dtype=np.float64)
-        step = chunk_rows((d * d + 2 * n * d) * 8)
+        # Small blocks keep the unpacked factors in cache (measured ~2x faster than 128 MiB).
+        step = chunk_rows((d * d + 2 * n * d) * 4, budget=4 << 20)
+        # One zeroed buffer for all blocks: the scatter rewrites only the lower triangle, and
+        # fresh zeroed pages for every block cost more than the product itself.
+        buffer = torch.zeros((min(step, h * w), d * d), dtype=torch.float32)
         with torch.inference_mode():
             for start in range(0, h * w, step):
                 stop = min(start + step, h * w)
-                factor = np.zeros((stop - start, d, d), dtype=np.float64)
-                factor[:, rows, cols] = self.whitening_[start:stop]
-                centred = (flat[:, start:stop] - mean[start:stop]).transpose(1, 2, 0)
+                factor = buffer[: stop - start]
+                factor.index_copy_(1, unpack, packed[start:stop])
+                centred = (flat[:, start:stop] - mean[start:stop]).permute(1, 2, 0)
                 # (positions, d, d) @ (positions, d, n) -> whitened residuals per position.
-                whitened = torch.bmm(torch.from_numpy(factor), torch.from_numpy(centred).double())
+                whitened = torch.bmm(factor.view(-1, d, d), centred)
                 out[:, start:stop] = whitened.square_().sum(dim=1).T.numpy()
         return out.reshape(n, h, w)
 
