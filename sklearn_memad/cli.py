@@ -30,6 +30,18 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from ._cli_decisions import (
+    OptionError,
+    check_decision_options,
+    choose_thresholds,
+    describe_decision,
+    describe_masks,
+    mask_name,
+    pixel_threshold,
+    read_validation,
+    validation_files,
+    write_mask,
+)
 from ._image_files import (
     READ_ERRORS,
     ImageFolderError,
@@ -41,9 +53,11 @@ from ._image_files import (
 from ._overlay import _score_caption, compose_panels
 from ._progress import progress
 from .display import predict_anomaly_maps
+from .maps import _split_pipeline
 from .pipelines import (
     METHODS,
     ModelFileError,
+    _inner_pipeline,
     auto_coreset_ratio,
     load_model,
     make_detector_pipeline,
@@ -145,10 +159,11 @@ def _report_skipped(skipped):
     shown = "; ".join(f"'{path}' ({reason})" for path, reason in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     plural = "s" if len(skipped) > 1 else ""
-    print(
-        f"memad: warning: skipped {len(skipped)} unreadable image{plural}: {shown}{more}",
-        file=sys.stderr,
-    )
+    _warn(f"skipped {len(skipped)} unreadable image{plural}: {shown}{more}")
+
+
+def _warn(message):
+    print(f"memad: warning: {message}", file=sys.stderr)
 
 
 def _square(size):
@@ -170,7 +185,14 @@ def _build_backbone(features, size):
 
 
 def _run_fit(args):
-    files = training_files(args.train)  # cheap checks first: the backbone takes seconds
+    # Cheap checks first: the backbone takes seconds.
+    objective, target = check_decision_options(args.validation, args.objective, args.target)
+    files = training_files(args.train)
+    found = None
+    if args.validation is not None:
+        found = validation_files(args.validation, files)
+        for message in found.warnings:
+            _warn(message)
     size = _square(args.image_size)
     options = dict(
         backbone=args.backbone,
@@ -204,6 +226,10 @@ def _run_fit(args):
         raise CommandError(
             f"no readable image among the {len(files)} in '{args.train}'", EXIT_DATA
         )
+    validation = None
+    if found is not None:
+        validation, skipped = read_validation(found, size, not args.quiet)
+        _report_skipped(skipped)
 
     coreset_ratio = args.coreset_ratio
     if coreset_ratio == "auto":
@@ -221,13 +247,24 @@ def _run_fit(args):
     elapsed = time.perf_counter() - start
 
     detector = pipe[-1]
+    model, metadata, report = pipe, {}, []
+    if validation is not None:
+        try:
+            chosen = choose_thresholds(pipe, validation, objective, target)
+        except ValueError as exc:
+            raise CommandError(f"--validation: {exc}", EXIT_DATA) from exc
+        for message in chosen.warnings:
+            _warn(message)
+        model, report = chosen.model, chosen.report
+        metadata = dict(validation=os.fspath(Path(args.validation).resolve()), **chosen.metadata)
     try:
         save_model(
-            pipe,
+            model,
             args.out,
             train=os.fspath(Path(args.train).resolve()),
             n_train=len(kept),
             created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **metadata,
         )
     except OSError as exc:
         message = f"cannot write the model file '{args.out}': {exc.strerror}"
@@ -239,6 +276,8 @@ def _run_fit(args):
         f"{detector.memory_bytes_ / 1e6:.1f} MB; image threshold {-detector.offset_:.4g} "
         f"(contamination {args.contamination})."
     )
+    for line in report:
+        print(line)
     print(f"Wrote {args.out}")
     return EXIT_OK
 
@@ -252,7 +291,7 @@ def _load(path, device):
     except ModelFileError as exc:
         raise CommandError(str(exc), EXIT_MODEL) from exc
     if device is not None:
-        pipe.steps[0][1].set_params(device=device)
+        _inner_pipeline(pipe).steps[0][1].set_params(device=device)
     return pipe, header
 
 
@@ -289,11 +328,15 @@ def _run_score(args):
     except OSError as exc:
         message = f"cannot create the output folder '{out}': {exc.strerror}"
         raise CommandError(message, EXIT_DATA) from exc
-    features = pipe.steps[0][1]
+    features = _inner_pipeline(pipe).steps[0][1]
     features.set_params(verbose=False)  # one bar for the whole run instead of one per chunk
     size = header.get("image_size")
-    detector = pipe[-1]
+    detector = _split_pipeline(pipe)[1]
     name = _NAMES.get(type(detector).__name__, type(detector).__name__)
+    pixel, warning = pixel_threshold(header, args.sigma)
+    if warning is not None:
+        _warn(warning)
+    write_masks = pixel is not None and not args.no_masks
     root = Path(os.path.commonpath([Path(p).resolve().parent for p in files]))
 
     rows, skipped = [], []
@@ -311,10 +354,16 @@ def _run_score(args):
         except ValueError as exc:
             raise CommandError(str(exc), EXIT_USAGE) from exc
         for i, path in enumerate(kept):
-            rows.append((path, result.scores[i], result.decision[i], result.labels[i]))
+            rows.append(
+                (path, result.scores[i], result.decision[i], result.labels[i],
+                 result.percentiles[i])
+            )
+            target = out / _overlay_name(path, root)
+            if write_masks:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_mask(mask_name(target), result.maps[i], pixel, result.labels[i] == -1, path)
             if args.no_overlays:
                 continue
-            target = out / _overlay_name(path, root)
             target.parent.mkdir(parents=True, exist_ok=True)
             panel = {
                 "map": result.maps[i],
@@ -333,18 +382,21 @@ def _run_score(args):
     csv_path = out / "scores.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "score", "decision", "label"])
-        for path, score, decision, label in rows:
-            writer.writerow([os.fspath(path), f"{score:.6g}", f"{decision:.6g}", int(label)])
+        writer.writerow(["path", "score", "decision", "label", "anomaly_percentile"])
+        for path, score, decision, label, percentile in rows:
+            writer.writerow(
+                [os.fspath(path), f"{score:.6g}", f"{decision:.6g}", int(label),
+                 f"{percentile:.4g}"]
+            )
 
     scores = np.array([row[1] for row in rows])
     flagged = int(sum(row[3] == -1 for row in rows))
-    threshold = -float(detector.offset_)
     print(
         f"Scored {len(rows)} image{'s' if len(rows) > 1 else ''} with {name}: {flagged} "
-        "flagged as anomalies "
-        f"(score > threshold {threshold:.4g})."
+        f"flagged as anomalies ({describe_decision(pipe, detector)})."
     )
+    if write_masks:
+        print(describe_masks(pixel))
     truth = _folder_labels([row[0] for row in rows])
     if truth is not None:
         from .metrics import image_auroc
@@ -353,8 +405,10 @@ def _run_score(args):
             "Image AUROC from the folder names (good = normal, other folders = defective): "
             f"{image_auroc(truth, scores):.3f}"
         )
-    overlays = "" if args.no_overlays else f" and {len(rows)} overlay PNGs"
-    print(f"Wrote {csv_path}{overlays} in {out}/")
+    written = [os.fspath(csv_path)] + ([] if args.no_overlays else [f"{len(rows)} overlay PNGs"])
+    written += [f"{len(rows)} defect mask PNGs"] if write_masks else []
+    print(f"Wrote {', '.join(written[:-1])} and {written[-1]}" if len(written) > 1
+          else f"Wrote {written[0]}", f"in {out}/")
     return EXIT_OK
 
 
@@ -490,6 +544,32 @@ def build_parser():
         help="expected fraction of anomalies among new normal images, or auto (default): "
         "Tukey's fence on out-of-sample training scores",
     )
+    decision = fit.add_argument_group(
+        "decision",
+        "Choose the image threshold on labelled images instead of --contamination (and, "
+        "when they have ground-truth masks, a pixel threshold for defect masks).",
+    )
+    decision.add_argument(
+        "--validation",
+        metavar="DIR",
+        default=None,
+        help="normal and defective images, none of them training images: an MVTec-layout "
+        "category (test/good, test/<defect>, masks in ground_truth/<defect>/"
+        "<stem>_mask.png) or a folder with good/ and one subfolder per defect type",
+    )
+    decision.add_argument(
+        "--objective",
+        choices=("f1", "recall", "fpr"),
+        default=None,
+        help="f1 (default): best F1; recall: flag at least --target of the defective "
+        "images; fpr: flag at most --target of the normal images",
+    )
+    decision.add_argument(
+        "--target",
+        metavar="FLOAT",
+        default=None,
+        help="the recall or false-positive rate, in [0, 1]; required for recall and fpr",
+    )
     fit.add_argument(
         "--batch-size", type=_positive_int, default=16, help="images per forward pass"
     )
@@ -502,15 +582,18 @@ def build_parser():
         help="score images with a fitted model; write scores.csv and overlay PNGs",
         description="Score images (files, or folders searched recursively) with a model "
         "written by 'memad fit'. Writes OUT/scores.csv (path, score: image anomaly score, "
-        "higher = more abnormal; decision: negative = anomaly; label: +1 normal, -1 anomaly) "
-        "and one PNG per image with its anomaly map overlaid.",
+        "higher = more abnormal; decision: negative = anomaly; label: +1 normal, -1 anomaly; "
+        "anomaly_percentile: 0-100, the same scale for every detector), one PNG per image "
+        "with its anomaly map overlaid and, when the model holds a pixel threshold (fit "
+        "with --validation and masks), one defect mask PNG per image (white = defect).",
     )
     score.add_argument("--model", required=True, metavar="FILE", help="model file")
     score.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="images or folders")
     score.add_argument(
         "--out", default="memad_scores", metavar="DIR", help="output folder (default memad_scores)"
     )
-    score.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
+    score.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
+    score.add_argument("--no-masks", action="store_true", help="write no defect mask PNGs")
     score.add_argument(
         "--sigma", type=float, default=4.0, help="smoothing of the maps in pixels (default 4)"
     )
@@ -572,6 +655,9 @@ def main(argv=None):
     except CommandError as exc:
         print(f"memad {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
+    except OptionError as exc:
+        print(f"memad {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ImageFolderError as exc:
         print(f"memad {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DATA

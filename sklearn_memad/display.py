@@ -7,9 +7,11 @@ matplotlib is optional (``pip install 'sklearn_memad[plot]'``) and imported only
 line uses it.
 
 Colours start at the level that the worst patch of a typical normal image reaches (the median
-of the detector's out-of-sample training image scores) and the image threshold (``-offset_``)
-sits in the middle of the scale, so a normal image shows little colour and a defect shows warm
-colours where it is.
+of the detector's out-of-sample training image scores) and the image threshold sits in the
+middle of the scale, so a normal image shows little colour and a defect shows warm colours
+where it is. The image threshold is the detector's ``-offset_``, or, for a model wrapped in a
+:class:`~sklearn_memad.thresholds.ThresholdedDetector`, the ``-threshold_`` chosen on
+validation images.
 """
 
 import numpy as np
@@ -30,6 +32,7 @@ from ._overlay import (
 )
 from .detectors._base import image_scores_from_patches
 from .maps import _split_pipeline, patch_to_pixel_maps
+from .thresholds import _decision_threshold, _percentiles, _reference_scores
 
 __all__ = [
     "AnomalyMapDisplay",
@@ -44,20 +47,21 @@ def anomaly_map_range(detector):
     """Colour range ``(vmin, vmax)`` for the anomaly maps of a fitted detector.
 
     ``vmin`` is the median out-of-sample image anomaly score of the training images (how far
-    the worst patch of a normal image typically goes); ``vmax`` puts the threshold
-    ``-offset_`` in the middle of the range.
+    the worst patch of a normal image typically goes); ``vmax`` puts the image threshold in
+    the middle of the range: ``-offset_``, or ``-threshold_`` of a
+    :class:`~sklearn_memad.thresholds.ThresholdedDetector`.
 
     Parameters
     ----------
-    detector : fitted detector, or Pipeline ending in one
+    detector : fitted detector, Pipeline ending in one, or ThresholdedDetector around either
 
     Returns
     -------
     vmin, vmax : float
     """
-    _, detector = _split_pipeline(detector)
-    normal = -np.asarray(detector.train_scores_, dtype=float)
-    threshold = -float(detector.offset_)
+    _, final = _split_pipeline(detector)
+    normal = -np.asarray(final.train_scores_, dtype=float)
+    threshold = -_decision_threshold(detector)[0]
     vmin = float(np.median(normal))
     if threshold > vmin:
         return vmin, 2 * threshold - vmin
@@ -68,10 +72,18 @@ def anomaly_map_range(detector):
 def predict_anomaly_maps(estimator, X, *, sigma=4.0):
     """Pixel anomaly maps, image anomaly scores and labels from one pass over the backbone.
 
+    The maps and scores come from the detector at the end of ``estimator``; the decision
+    (``threshold``, ``decision``, ``labels``) from whatever decides on top of it: a
+    :class:`~sklearn_memad.thresholds.ThresholdedDetector`'s ``threshold_`` when the
+    pipeline is wrapped in one (or ends with one), else the detector's own ``offset_``.
+    Everything agrees with the estimator's ``score_samples``, ``decision_function`` and
+    ``predict``.
+
     Parameters
     ----------
-    estimator : Pipeline
-        Fitted, from images to a sklearn_memad detector.
+    estimator : Pipeline or ThresholdedDetector
+        Fitted, from images to a sklearn_memad detector; or a fitted ThresholdedDetector
+        wrapping such a pipeline.
     X : array-like of shape (n, H, W, 3) or (n, H, W)
         Images.
     sigma : float, default=4.0
@@ -81,21 +93,26 @@ def predict_anomaly_maps(estimator, X, *, sigma=4.0):
     -------
     result : :class:`~sklearn.utils.Bunch`
         ``maps`` (n, H, W) float32, higher = more abnormal; ``scores`` (n,) image anomaly
-        scores (``-score_samples``); ``threshold`` (``-offset_``); ``labels`` (n,) +1 normal /
-        -1 anomaly, as ``predict``; ``decision`` (n,), as ``decision_function``; ``vmin``,
-        ``vmax`` from :func:`anomaly_map_range`.
+        scores (``-score_samples``); ``percentiles`` (n,) the same scores as anomaly
+        percentiles, 0-100 (see :func:`~sklearn_memad.thresholds.anomaly_percentile`);
+        ``threshold``, the image threshold on the ``scores`` scale (``-offset_`` or
+        ``-threshold_``); ``labels`` (n,) +1 normal / -1 anomaly, as ``predict``;
+        ``decision`` (n,), as ``decision_function``; ``vmin``, ``vmax`` from
+        :func:`anomaly_map_range`.
     """
     head, detector = _split_pipeline(estimator)
     images = np.asarray(X)
     grids = head.transform(images) if head is not None else images
     patch_scores = detector.score_patches(grids)
     scores = image_scores_from_patches(patch_scores, detector.top_k)
-    decision = -scores - detector.offset_
-    vmin, vmax = anomaly_map_range(detector)
+    threshold = _decision_threshold(estimator)[0]
+    decision = -scores - threshold
+    vmin, vmax = anomaly_map_range(estimator)
     return Bunch(
         maps=patch_to_pixel_maps(patch_scores, images.shape[1:3], sigma),
         scores=scores,
-        threshold=-float(detector.offset_),
+        percentiles=_percentiles(_reference_scores(detector), scores),
+        threshold=-threshold,
         decision=decision,
         labels=np.where(decision < 0, -1, 1),
         vmin=vmin,
@@ -283,8 +300,9 @@ class AnomalyMapDisplay:
 
         Parameters
         ----------
-        estimator : Pipeline
-            Fitted, from images to a sklearn_memad detector.
+        estimator : Pipeline or ThresholdedDetector
+            Fitted, from images to a sklearn_memad detector, or a ThresholdedDetector
+            wrapping one (whose threshold then decides the verdicts).
         X : array-like of shape (n, H, W, 3) or (n, H, W)
             Images.
         masks : array-like of shape (n, H, W), default=None

@@ -13,7 +13,9 @@ dfkde      FeatureTransformer -> RandomProjection(16, "gaussian") -> DFKDEDetect
 
 :func:`save_model` / :func:`load_model` write and read a fitted pipeline with a small header
 (a marker, the format and library versions, the input image size), so a file that is not a
-model, or one from an incompatible version, is refused with a clear message.
+model, or one from an incompatible version, is refused with a clear message. The model may
+also be a :class:`~sklearn_memad.thresholds.ThresholdedDetector` around such a pipeline, whose
+threshold was chosen on validation images (``memad fit --validation``).
 """
 
 import os
@@ -29,6 +31,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
 from .detectors._base import MemoryDetectorMixin
 from .features import FeatureTransformer
+from .thresholds import ThresholdedDetector
 from .transformers import LocalAggregation, RandomProjection
 
 __all__ = [
@@ -203,9 +206,16 @@ class ModelFileError(ValueError):
     """A model file cannot be used: it is not a sklearn_memad model, or not a compatible one."""
 
 
+def _inner_pipeline(model):
+    """The Pipeline of a model: the model itself, or the one a ThresholdedDetector wraps."""
+    if isinstance(model, ThresholdedDetector):
+        return getattr(model, "estimator_", None)  # None when the wrapper is not fitted
+    return model
+
+
 def _image_size_of(pipeline):
     """(H, W) the pipeline's FeatureTransformer resizes to, or None."""
-    first = pipeline.steps[0][1]
+    first = _inner_pipeline(pipeline).steps[0][1]
     size = getattr(first, "image_size", None)
     if size is None:
         return None
@@ -214,7 +224,8 @@ def _image_size_of(pipeline):
     return tuple(int(v) for v in size)
 
 
-def _check_pipeline(pipeline, path):
+def _check_pipeline(model, path):
+    pipeline = _inner_pipeline(model)
     ok = (
         isinstance(pipeline, Pipeline)
         and isinstance(pipeline.steps[0][1], FeatureTransformer)
@@ -224,7 +235,8 @@ def _check_pipeline(pipeline, path):
     if not ok:
         raise ModelFileError(
             f"'{path}' does not hold a fitted sklearn_memad pipeline (FeatureTransformer ... "
-            "detector); write one with `memad fit` or sklearn_memad.pipelines.save_model."
+            "detector), bare or in a fitted ThresholdedDetector; write one with `memad fit` "
+            "or sklearn_memad.pipelines.save_model."
         )
 
 
@@ -237,8 +249,9 @@ def save_model(pipeline, path, **metadata):
 
     Parameters
     ----------
-    pipeline : Pipeline
-        Fitted, starting with a FeatureTransformer and ending with a detector.
+    pipeline : Pipeline or ThresholdedDetector
+        Fitted, starting with a FeatureTransformer and ending with a detector; or a fitted
+        :class:`~sklearn_memad.thresholds.ThresholdedDetector` wrapping such a pipeline.
     path : str or path-like
         Destination file (overwritten).
     **metadata
@@ -256,7 +269,7 @@ def save_model(pipeline, path, **metadata):
         _MARKER: MODEL_FORMAT,
         "version": __version__,
         "sklearn_version": sklearn.__version__,
-        "method": type(pipeline.steps[-1][1]).__name__,
+        "method": type(_inner_pipeline(pipeline).steps[-1][1]).__name__,
         "image_size": _image_size_of(pipeline),
         **metadata,
     }
@@ -276,8 +289,8 @@ def load_model(path):
 
     Returns
     -------
-    pipeline : Pipeline
-        The fitted pipeline.
+    pipeline : Pipeline or ThresholdedDetector
+        The fitted pipeline, or the ThresholdedDetector wrapping it, as saved.
     header : dict
         The header (``version``, ``image_size``, ...); for a bare pipeline, only what can be
         read from it.
@@ -309,7 +322,7 @@ def load_model(path):
                 f"'{path}' is not a sklearn_memad model file (it cannot be unpickled: "
                 f"{type(exc).__name__})."
             ) from exc
-    if isinstance(payload, Pipeline):
+    if isinstance(payload, (Pipeline, ThresholdedDetector)):
         header = {"version": None, "image_size": None}
         pipeline = payload
     elif isinstance(payload, dict) and _MARKER in payload:

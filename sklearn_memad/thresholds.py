@@ -423,6 +423,43 @@ def _final_detector(estimator):
             return estimator
 
 
+def _decision_threshold(estimator):
+    """``(threshold, decider)``: the threshold on ``score_samples`` that ``predict`` applies.
+
+    The outermost fitted :class:`ThresholdedDetector` decides with its ``threshold_``;
+    without one, the final detector decides with its ``offset_``. ``decider`` is that object.
+    """
+    while True:
+        if isinstance(estimator, Pipeline):
+            estimator = estimator.steps[-1][1]
+        elif isinstance(estimator, ThresholdedDetector):
+            check_is_fitted(estimator)
+            return float(estimator.threshold_), estimator
+        else:
+            return float(estimator.offset_), estimator
+
+
+def _reference_scores(detector):
+    """Sorted out-of-sample anomaly scores of the training images (``-train_scores_``)."""
+    reference = getattr(detector, "train_scores_", None)
+    if reference is None:
+        raise TypeError(
+            "estimator must be a fitted sklearn_memad detector (or a Pipeline or "
+            "ThresholdedDetector ending in one), whose train_scores_ hold the out-of-sample "
+            f"scores of its training images; got {type(detector).__name__} without "
+            "train_scores_."
+        )
+    return np.sort(-np.asarray(reference, dtype=np.float64))
+
+
+def _percentiles(reference, anomaly_scores):
+    """Anomaly percentiles of image anomaly scores against sorted ``reference`` scores."""
+    anomaly = np.asarray(anomaly_scores, dtype=np.float64)
+    below = np.searchsorted(reference, anomaly, side="left")
+    at_or_below = np.searchsorted(reference, anomaly, side="right")
+    return 100.0 * (below + at_or_below) / (2.0 * reference.size)
+
+
 @validate_params(
     {"estimator": [HasMethods(["score_samples"])], "X": ["array-like"]},
     prefer_skip_nested_validation=True,
@@ -472,18 +509,5 @@ def anomaly_percentile(estimator, X):
     100.0
     100.0
     """
-    detector = _final_detector(estimator)
-    reference = getattr(detector, "train_scores_", None)
-    if reference is None:
-        raise TypeError(
-            "estimator must be a fitted sklearn_memad detector (or a Pipeline or "
-            "ThresholdedDetector ending in one), whose train_scores_ hold the out-of-sample "
-            f"scores of its training images; got {type(detector).__name__} without "
-            "train_scores_."
-        )
-    # Anomaly scores (higher = more abnormal) of the training images, sorted once.
-    normal = np.sort(-np.asarray(reference, dtype=np.float64))
-    anomaly = -np.asarray(estimator.score_samples(X), dtype=np.float64)
-    below = np.searchsorted(normal, anomaly, side="left")
-    at_or_below = np.searchsorted(normal, anomaly, side="right")
-    return 100.0 * (below + at_or_below) / (2.0 * normal.size)
+    reference = _reference_scores(_final_detector(estimator))  # checked before scoring
+    return _percentiles(reference, -np.asarray(estimator.score_samples(X), dtype=np.float64))

@@ -3,6 +3,7 @@
 import csv
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import types
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from sklearn_memad import cli
+from sklearn_memad import anomaly_maps, cli
 from sklearn_memad.datasets import load_mvtec
 from sklearn_memad.demo import make_texture_anomalies, save_mvtec_layout
 from sklearn_memad.pipelines import (
@@ -24,6 +25,7 @@ from sklearn_memad.pipelines import (
     make_detector_pipeline,
     save_model,
 )
+from sklearn_memad.thresholds import ThresholdedDetector, anomaly_percentile
 
 SIZE = 48
 # A random-weights ResNet-18 on small images: real features do not matter for the plumbing.
@@ -89,7 +91,7 @@ def test_fit_then_score_round_trip(method, category, tmp_path, capsys):
     )
     assert code == 0, err
     rows = _read_csv(out_dir / "scores.csv")
-    assert list(rows[0]) == ["path", "score", "decision", "label"]
+    assert list(rows[0]) == ["path", "score", "decision", "label", "anomaly_percentile"]
     test = load_mvtec(category, "test")
     assert sorted(r["path"] for r in rows) == sorted(test.paths)
     # The CSV holds the pipeline's own numbers: score = -score_samples, decision, predict.
@@ -101,6 +103,9 @@ def test_fit_then_score_round_trip(method, category, tmp_path, capsys):
     np.testing.assert_array_equal(labels, pipe.predict(test.images))
     decisions = np.array([float(by_path[p]["decision"]) for p in test.paths])
     assert np.all((decisions < 0) == (labels == -1))
+    percentiles = np.array([float(by_path[p]["anomaly_percentile"]) for p in test.paths])
+    np.testing.assert_allclose(percentiles, anomaly_percentile(pipe, test.images), atol=0.01)
+    assert "the detector's own offset_" in out
     # One overlay per image, in the input's subfolders.
     for kind in ("good", "scratch", "stain", "foreign"):
         pngs = sorted((out_dir / kind).glob("*.png"))
@@ -371,3 +376,190 @@ def test_pickle_of_model_file_has_no_torch_module(model):
     with open(model, "rb") as handle:
         assert b"torch.nn" not in handle.read()
     assert pickle.loads(pickle.dumps(load_model(model)[0])) is not None
+
+
+# --------------------------------------------------------------------------- --validation
+@pytest.fixture(scope="module")
+def recall_model(category, tmp_path_factory):
+    """A model whose threshold is chosen for recall 1.0 on the category's test images."""
+    path = tmp_path_factory.mktemp("recall") / "model.joblib"
+    argv = _fit_argv(category, path, "--validation", str(category), "--objective", "recall",
+                     "--target", "1.0")
+    assert cli.main(argv) == 0
+    return path
+
+
+def _csv_by_path(path):
+    return {r["path"]: r for r in _read_csv(path)}
+
+
+@pytest.mark.parametrize("objective", ["recall", "f1"])
+def test_fit_with_validation_reports_and_saves_the_chosen_threshold(
+    objective, category, tmp_path, capsys
+):
+    path = tmp_path / "m.joblib"
+    extra = ["--objective", "recall", "--target", "1.0"] if objective == "recall" else []
+    # The category root, or its test/ folder (then the masks are in ../ground_truth).
+    validation = category if objective == "recall" else category / "test"
+    code, out, err = _run(
+        _fit_argv(category, path, "--validation", str(validation), *extra), capsys
+    )
+    assert code == 0, err
+    model, header = load_model(path)
+    assert isinstance(model, ThresholdedDetector)
+    assert model.cv == "prefit" and model.objective == objective
+    # Validated on test/ (2 normal, 3 defective), never on the training images.
+    assert (model.n_val_normals_, model.n_val_anomalies_) == (2, 3)
+    assert header["n_train"] == 10 and header["image_size"] == (SIZE, SIZE)
+    goal = "recall >= 1" if objective == "recall" else "the best F1"
+    assert f"chosen for {goal} on 2 normal and 3 defective validation images" in out
+    assert f"recall {model.recall_:.3f}, false-positive rate " in out
+    assert f"F1 {model.f1_:.3f}" in out
+    if objective == "recall":
+        assert model.recall_ == 1.0
+    # The category has ground-truth masks: a pixel threshold is stored with its smoothing.
+    pixel = header["pixel_threshold"]
+    assert pixel["sigma"] == 4.0 and np.isfinite(pixel["threshold"])
+    assert f"Pixel threshold {pixel['threshold']:.4g}" in out
+    assert f"pixel F1 {pixel['f1']:.3f}, IoU {pixel['iou']:.3f}" in out
+
+
+def test_score_decides_with_the_validation_threshold(recall_model, category, tmp_path, capsys):
+    model, _ = load_model(recall_model)
+    detector = model.estimator_[-1]
+    out_dir = tmp_path / "o"
+    code, out, err = _run(
+        ["score", "--model", str(recall_model), str(category / "test"), "--out", str(out_dir),
+         "--no-overlays", "-q"],
+        capsys,
+    )
+    assert code == 0, err
+    test = load_mvtec(category, "test")
+    rows = _csv_by_path(out_dir / "scores.csv")
+    labels = np.array([int(rows[p]["label"]) for p in test.paths])
+    scores = np.array([float(rows[p]["score"]) for p in test.paths])
+    decisions = np.array([float(rows[p]["decision"]) for p in test.paths])
+    # Recall 1.0 on these validation images: every defective one is flagged again.
+    assert np.all(labels[test.labels == -1] == -1)
+    np.testing.assert_array_equal(labels, model.predict(test.images))
+    np.testing.assert_allclose(decisions, model.decision_function(test.images), atol=1e-4)
+    assert np.all((scores > -model.threshold_) == (labels == -1))
+    # The wrapper's threshold decided, not the detector's own offset_.
+    assert model.threshold_ != detector.offset_
+    assert f"threshold {-model.threshold_:.4g}, chosen for recall >= 1" in out
+    assert "offset_" not in out
+    percentiles = np.array([float(rows[p]["anomaly_percentile"]) for p in test.paths])
+    np.testing.assert_allclose(percentiles, anomaly_percentile(model, test.images), atol=0.01)
+    assert np.all((0 <= percentiles) & (percentiles <= 100))
+
+
+def test_score_writes_defect_masks_from_the_pixel_threshold(
+    recall_model, category, tmp_path, capsys
+):
+    model, header = load_model(recall_model)
+    threshold = header["pixel_threshold"]["threshold"]
+    # Two new images: one at the model's size, one at another size (its mask has the file's).
+    new = tmp_path / "new"
+    (new / "scratch").mkdir(parents=True)
+    with Image.open(category / "test" / "scratch" / "000.png") as im:
+        im.resize((2 * SIZE, SIZE + 24)).save(new / "scratch" / "big.png")
+    shutil.copy(category / "test" / "stain" / "000.png", new / "plain.png")
+    out_dir = tmp_path / "o"
+    code, out, err = _run(
+        ["score", "--model", str(recall_model), str(new), "--out", str(out_dir), "-q"], capsys
+    )
+    assert code == 0, err
+    assert "the pixel threshold chosen on the validation masks" in out
+    assert "2 overlay PNGs and 2 defect mask PNGs" in out
+    assert (out_dir / "plain.png").is_file() and (out_dir / "scratch" / "big.png").is_file()
+    with Image.open(out_dir / "scratch" / "big_mask.png") as im:
+        assert im.size == (2 * SIZE, SIZE + 24) and im.mode == "L"
+    with Image.open(out_dir / "plain_mask.png") as im:
+        mask = np.asarray(im)
+    assert set(np.unique(mask)) <= {0, 255}
+    image = load_mvtec(category, "test", kinds="stain").images[:1]
+    assert model.predict(image)[0] == -1  # recall 1.0: the defective image is flagged
+    expected = anomaly_maps(model, image)[0] >= threshold
+    assert np.mean((mask == 255) == expected) > 0.99  # white = defect pixel
+    assert expected.any()
+
+    # An image that the image threshold passes gets an empty mask.
+    passing = tmp_path / "passing.joblib"
+    model.threshold_ = -np.inf  # nothing is flagged
+    save_model(model, passing, pixel_threshold=header["pixel_threshold"])
+    code, _, err = _run(
+        ["score", "--model", str(passing), str(new), "--out", str(tmp_path / "p"), "-q"], capsys
+    )
+    assert code == 0, err
+    written = sorted((tmp_path / "p").rglob("*_mask.png"))
+    assert len(written) == 2
+    for path in written:
+        with Image.open(path) as im:
+            assert not np.asarray(im).any()
+
+    # --no-masks writes none; another smoothing than the threshold's gets a warning instead.
+    for flags, warned in ((["--no-masks"], False), (["--sigma", "2"], True)):
+        again = tmp_path / ("m" + flags[0])
+        code, out, err = _run(
+            ["score", "--model", str(recall_model), str(new), "--out", str(again),
+             "--no-overlays", "-q", *flags],
+            capsys,
+        )
+        assert code == 0, err
+        assert not list(again.rglob("*_mask.png"))
+        assert ("--sigma 4" in err) == warned
+
+
+def test_validation_without_masks_in_a_plain_folder(category, tmp_path, capsys):
+    # good/ and one folder per defect type, no ground_truth/: no pixel threshold, no masks.
+    plain = tmp_path / "val"
+    shutil.copytree(category / "test", plain)
+    path = tmp_path / "m.joblib"
+    code, out, err = _run(
+        _fit_argv(category, path, "--validation", str(plain), "--objective", "fpr",
+                  "--target", "0.5"),
+        capsys,
+    )
+    assert code == 0, err
+    assert "no ground-truth masks" in err
+    model, header = load_model(path)
+    assert model.false_positive_rate_ <= 0.5 and "pixel_threshold" not in header
+    code, out, err = _run(
+        ["score", "--model", str(path), str(plain), "--out", str(tmp_path / "o"), "-q"], capsys
+    )
+    assert code == 0, err
+    assert "false-positive rate <= 0.5" in out
+    assert not list((tmp_path / "o").rglob("*_mask.png"))
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--objective", "recall"], cli.EXIT_USAGE, "objective='recall' needs a target"),
+        (["--objective", "fpr", "--target", "abc"], cli.EXIT_USAGE, "got 'abc'"),
+        (["--objective", "recall", "--target", "1.5"], cli.EXIT_USAGE, "Got 1.5 instead"),
+        (["--target", "0.9"], cli.EXIT_USAGE, "is not used with objective='f1'"),
+        (["no-validation", "--objective", "recall", "--target", "0.9"], cli.EXIT_USAGE,
+         "without --validation"),
+        (["overlap"], cli.EXIT_USAGE, "training images too"),
+        (["only-good"], cli.EXIT_DATA, "normal images only"),
+    ],
+)
+def test_fit_validation_errors_are_one_line(extra, code, message, category, tmp_path, capsys):
+    path = tmp_path / "m.joblib"
+    validation = ["--validation", str(category)]
+    if extra and extra[0] == "no-validation":
+        validation, extra = [], extra[1:]
+    elif extra == ["overlap"]:
+        # A plain validation folder whose good/ holds training images.
+        (tmp_path / "val").mkdir()
+        shutil.copytree(category / "test" / "scratch", tmp_path / "val" / "scratch")
+        os.symlink(category / "train" / "good", tmp_path / "val" / "good")
+        validation, extra = ["--validation", str(tmp_path / "val")], []
+    elif extra == ["only-good"]:
+        validation, extra = ["--validation", str(category / "train")], []
+    got, _, err = _run(_fit_argv(category, path, *validation, *extra), capsys)
+    assert got == code
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("memad fit: error: ")
+    assert not path.exists()

@@ -23,6 +23,7 @@ from sklearn_memad.display import (  # noqa: E402
     write_overlay,
 )
 from sklearn_memad.pipelines import make_detector_pipeline  # noqa: E402
+from sklearn_memad.thresholds import ThresholdedDetector, anomaly_percentile  # noqa: E402
 
 SIZE = 48
 
@@ -65,6 +66,28 @@ def test_predict_anomaly_maps_matches_the_pipeline(fitted):
     # The threshold sits mid-scale, above the typical normal level.
     assert result.vmin < result.threshold < result.vmax
     assert result.threshold == pytest.approx((result.vmin + result.vmax) / 2)
+
+
+def test_predict_anomaly_maps_decides_with_a_thresholded_detector(fitted):
+    pipe, data = fitted
+    # Validation images that the memory was not fitted on; the threshold flags every defect.
+    model = ThresholdedDetector(pipe, objective="recall", target=1.0, cv="prefit")
+    model.fit(data.X_test, data.y_test)
+    result = predict_anomaly_maps(model, data.X_test)
+    np.testing.assert_allclose(result.maps, anomaly_maps(pipe, data.X_test), rtol=1e-5)
+    np.testing.assert_allclose(result.scores, -pipe.score_samples(data.X_test), rtol=1e-6)
+    assert result.threshold == pytest.approx(-model.threshold_)
+    assert result.threshold != pytest.approx(-pipe[-1].offset_)
+    np.testing.assert_array_equal(result.labels, model.predict(data.X_test))
+    assert np.all(result.labels[data.y_test == -1] == -1)
+    np.testing.assert_allclose(
+        result.decision, model.decision_function(data.X_test), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(result.percentiles, anomaly_percentile(pipe, data.X_test))
+    # The colour scale centres on the threshold that decides.
+    assert (result.vmin, result.vmax) == anomaly_map_range(model)
+    if result.threshold > result.vmin:
+        assert result.threshold == pytest.approx((result.vmin + result.vmax) / 2)
 
 
 def test_from_estimator_draws_one_axes_per_image(fitted):

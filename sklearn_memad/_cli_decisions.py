@@ -1,0 +1,347 @@
+"""Thresholds chosen on validation images, for the command line.
+
+``memad fit --validation DIR`` wraps the fitted pipeline in a
+:class:`~sklearn_memad.thresholds.ThresholdedDetector` (``cv="prefit"``) whose image threshold
+is chosen on DIR's normal and defective images, and saves that wrapper as the model. When DIR
+also has ground-truth masks, it chooses a pixel threshold with
+:func:`~sklearn_memad.masks.select_pixel_threshold` and stores it in the model file's header,
+with the map smoothing it was chosen for: a pixel threshold belongs to the maps of one
+``sigma``, a setting of how maps are drawn, not of any estimator, so no estimator gets an
+attribute that its ``fit`` does not set. ``memad score`` decides with the wrapper's
+``threshold_`` and draws masks with the header's pixel threshold.
+
+Option problems raise :class:`OptionError` (the command line's usage error, exit code 2);
+folder problems raise :class:`~sklearn_memad._image_files.ImageFolderError` (its data error,
+exit code 3).
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.utils import Bunch
+from sklearn.utils._param_validation import validate_parameter_constraints
+
+from ._image_files import READ_ERRORS, ImageFolderError, _image_files, read_images
+from .datasets import IMAGE_EXTENSIONS, _mask_array
+from .display import predict_anomaly_maps
+from .masks import mask_scores, select_pixel_threshold
+from .thresholds import ThresholdedDetector, _check_target, _decision_threshold
+
+GOOD = "good"
+MASK_FOLDER = "ground_truth"
+#: Smoothing of the maps a pixel threshold is chosen on; `memad score` must draw maps the same.
+PIXEL_SIGMA = 4.0
+#: Header key of the pixel threshold in a model file.
+PIXEL_KEY = "pixel_threshold"
+
+
+class OptionError(ValueError):
+    """A wrong option value or combination: the command line's usage error."""
+
+
+# --------------------------------------------------------------------------- options
+def check_decision_options(validation, objective, target):
+    """Return ``(objective, target)`` for a ThresholdedDetector, checked before any work.
+
+    ``objective`` defaults to ``"f1"`` with a validation folder; ``target`` is the text of
+    ``--target`` (or None). Raises OptionError with a one-line message naming the options.
+    """
+    if validation is None:
+        if objective is not None or target is not None:
+            given = " and ".join(
+                name for name, value in (("--objective", objective), ("--target", target))
+                if value is not None
+            )
+            raise OptionError(
+                f"{given} given without --validation DIR, the labelled images the threshold "
+                "is chosen on (an MVTec-layout category with test/good and test/<defect>, or "
+                "a folder with good/ and one subfolder per defect type)"
+            )
+        return None, None
+    objective = objective or "f1"
+    given = f"--objective {objective}" + ("" if target is None else f" --target {target}")
+    if target is not None:
+        try:
+            target = float(target)
+        except ValueError:
+            raise OptionError(
+                f"{given}: --target must be a number in [0, 1] (a recall or a false-positive "
+                f"rate); got {target!r}"
+            ) from None
+    constraints = {
+        key: ThresholdedDetector._parameter_constraints[key] for key in ("objective", "target")
+    }
+    try:
+        validate_parameter_constraints(
+            constraints, {"objective": objective, "target": target},
+            caller_name=ThresholdedDetector.__name__,
+        )
+        _check_target(objective, target)
+    except ValueError as exc:
+        raise OptionError(f"{given}: {exc}") from None
+    return objective, target
+
+
+# --------------------------------------------------------------------------- validation data
+def validation_files(folder, training):
+    """List the labelled images of a validation folder, and their masks when all exist.
+
+    ``folder`` is an MVTec-layout category (``test/good``, ``test/<defect>``, masks in
+    ``ground_truth/<defect>/<stem>_mask.png``) or a folder with ``good/`` and one subfolder
+    per defect type (masks, if any, in its own ``ground_truth/``, or in the one beside it,
+    as for an MVTec ``test/`` folder). None of its images may be one of the ``training``
+    files.
+
+    Returns
+    -------
+    found : Bunch
+        ``paths`` (list of Path), ``labels`` (+1 normal / -1 defective), ``masks`` (a dict
+        from each defective path to its mask file, or None unless every one has a mask),
+        ``folder`` (where the kinds are), ``warnings`` (list of str).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ImageFolderError(f"the validation folder '{root}' does not exist")
+    kinds_dir = root / "test" if (root / "test").is_dir() else root
+    layout = (
+        "expected an MVTec-layout category (test/good, test/<defect>) or a folder with "
+        "good/ and one subfolder per defect type"
+    )
+    kinds = {
+        sub.name: _image_files(sub, recursive=False)
+        for sub in sorted(kinds_dir.iterdir())
+        if sub.is_dir() and not sub.name.startswith(".") and sub.name != MASK_FOLDER
+    }
+    kinds = {kind: files for kind, files in kinds.items() if files}
+    if GOOD not in kinds:
+        raise ImageFolderError(
+            f"the validation folder '{kinds_dir}' has no {GOOD}/ subfolder of normal images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); {layout}"
+        )
+    if len(kinds) == 1:
+        raise ImageFolderError(
+            f"the validation folder '{kinds_dir}' holds normal images only ({GOOD}/); the "
+            "threshold is chosen on normal and defective images: add one subfolder of "
+            "defective images per defect type"
+        )
+    trained = {Path(f).resolve() for f in training}
+    shared = [p for files in kinds.values() for p in files if p.resolve() in trained]
+    if shared:
+        raise OptionError(
+            f"--validation: {len(shared)} of its images are training images too (e.g. "
+            f"'{shared[0]}'); a memory scores its own images too well, so the threshold must "
+            "be chosen on images the model is not fitted on"
+        )
+    mask_root = root / MASK_FOLDER
+    if kinds_dir == root and not mask_root.is_dir():
+        mask_root = root.parent / MASK_FOLDER  # DIR is an MVTec category's test/ folder
+    paths, labels, masks, missing = [], [], {}, []
+    for kind, files in kinds.items():
+        for path in files:
+            paths.append(path)
+            labels.append(1 if kind == GOOD else -1)
+            if kind != GOOD:
+                mask = mask_root / kind / f"{path.stem}_mask.png"
+                if mask.is_file():
+                    masks[path] = mask
+                else:
+                    missing.append(path)
+    warnings = []
+    if not masks:
+        warnings.append(
+            f"no ground-truth masks in '{mask_root}': no pixel threshold is chosen, "
+            "and `memad score` will write no defect masks"
+        )
+    elif missing:
+        warnings.append(
+            f"no pixel threshold: {len(missing)} defective validation images have no mask "
+            f"(e.g. '{missing[0]}'); expected {mask_root}/<kind>/<stem>_mask.png "
+            "for every one"
+        )
+    return Bunch(
+        paths=paths,
+        labels=np.array(labels),
+        masks=None if missing else masks,
+        folder=kinds_dir,
+        warnings=warnings,
+    )
+
+
+def _read_mask(image_path, mask_path, size):
+    try:
+        with Image.open(image_path) as im:
+            image_size = (im.height, im.width)
+        with Image.open(mask_path) as mk:
+            mask = _mask_array(mk)
+    except READ_ERRORS as exc:
+        raise ImageFolderError(f"cannot read the mask '{mask_path}': {exc}") from exc
+    if mask.shape != image_size:
+        raise ImageFolderError(
+            f"the mask '{mask_path}' has (height, width) {mask.shape}, but its image "
+            f"'{image_path}' has {image_size}; a mask must match its image pixel for pixel"
+        )
+    if mask.shape != tuple(size):
+        resized = Image.fromarray(mask.view(np.uint8)).resize(
+            (size[1], size[0]), Image.Resampling.NEAREST
+        )
+        mask = np.asarray(resized) > 0
+    return mask
+
+
+def read_validation(found, size, verbose):
+    """Read the images of :func:`validation_files` (and masks) at the model's ``size``.
+
+    Returns ``(Bunch(images, labels, masks or None, paths), skipped)``; unreadable images
+    are skipped, as in training, unless that leaves one class only.
+    """
+    images, kept, skipped = read_images(found.paths, size, verbose, "reading validation images")
+    label_of = dict(zip(found.paths, found.labels))
+    labels = np.array([label_of[path] for path in kept], dtype=int)
+    n_defective = int(np.count_nonzero(labels == -1))
+    if n_defective in (0, len(labels)):
+        raise ImageFolderError(
+            f"the readable validation images of '{found.folder}' are all "
+            f"{'defective' if n_defective else 'normal'} ({len(skipped)} unreadable ones "
+            "skipped); the threshold is chosen on normal and defective images"
+        )
+    masks = None
+    if found.masks is not None:
+        masks = np.zeros(images.shape[:3], dtype=bool)
+        for i, path in enumerate(kept):
+            if labels[i] == -1:
+                masks[i] = _read_mask(path, found.masks[path], images.shape[1:3])
+    return Bunch(images=images, labels=labels, masks=masks, paths=kept), skipped
+
+
+# --------------------------------------------------------------------------- thresholds
+def choose_thresholds(pipe, validation, objective, target):
+    """Wrap the fitted ``pipe`` with an image threshold (and a pixel one) chosen on validation.
+
+    Returns
+    -------
+    chosen : Bunch
+        ``model``, the fitted ``ThresholdedDetector(pipe, cv="prefit")``; ``metadata``, what
+        the model file's header gets (the pixel threshold, a dict of plain values, when
+        masks were given); ``report``, lines that say what the thresholds achieved;
+        ``warnings``, list of str.
+    """
+    model = ThresholdedDetector(pipe, objective=objective, target=target, cv="prefit")
+    model.fit(validation.images, validation.labels)
+    report = [describe_validation(model) + " It replaces the detector's own threshold."]
+    chosen = Bunch(model=model, metadata={}, report=report, warnings=[])
+    if validation.masks is None:
+        return chosen
+    result = predict_anomaly_maps(model, validation.images, sigma=PIXEL_SIGMA)
+    try:
+        pixel = select_pixel_threshold(validation.masks, result.maps)
+    except ValueError as exc:  # e.g. masks without a single defect pixel
+        chosen.warnings.append(f"no pixel threshold: {exc}")
+        return chosen
+    # What `memad score` writes: masks on the images that the image threshold flags.
+    drawn = (result.maps >= pixel.threshold) & (result.labels == -1)[:, None, None]
+    achieved = mask_scores(validation.masks, drawn)
+    entry = {
+        "threshold": float(pixel.threshold),
+        "sigma": PIXEL_SIGMA,
+        "objective": "f1",
+        "f1": float(achieved.f1),
+        "iou": float(achieved.iou),
+        "n_images": int(len(validation.labels)),
+        "n_defective": int(np.count_nonzero(validation.labels == -1)),
+    }
+    chosen.metadata[PIXEL_KEY] = entry
+    report.append(describe_pixel(entry))
+    return chosen
+
+
+def _goal(model):
+    if model.objective == "recall":
+        return f"recall >= {model.target:g}"
+    if model.objective == "fpr":
+        return f"false-positive rate <= {model.target:g}"
+    return "the best F1"
+
+
+def describe_validation(model):
+    """One line: what the validation-chosen image threshold achieved."""
+    return (
+        f"Image threshold {-model.threshold_:.4g} chosen for {_goal(model)} on "
+        f"{model.n_val_normals_} normal and {model.n_val_anomalies_} defective validation "
+        f"images: recall {model.recall_:.3f}, false-positive rate "
+        f"{model.false_positive_rate_:.3f}, F1 {model.f1_:.3f}."
+    )
+
+
+def describe_pixel(pixel):
+    """One line: the pixel threshold and what it achieved on the validation masks."""
+    return (
+        f"Pixel threshold {pixel['threshold']:.4g} (best pixel F1 on the masks of "
+        f"{pixel['n_defective']} defective validation images, sigma {pixel['sigma']:g}): "
+        f"pixel F1 {pixel['f1']:.3f}, IoU {pixel['iou']:.3f} on the masks as `memad score` "
+        "writes them (on flagged images only)."
+    )
+
+
+def describe_decision(model, detector):
+    """The image decision of ``memad score``: the threshold, and where it comes from."""
+    threshold = -_decision_threshold(model)[0]
+    if isinstance(model, ThresholdedDetector):
+        return (
+            f"score > threshold {threshold:.4g}, chosen for {_goal(model)} on "
+            f"{model.n_val_normals_} normal and {model.n_val_anomalies_} defective validation "
+            f"images, where it reached recall {model.recall_:.3f} and false-positive rate "
+            f"{model.false_positive_rate_:.3f}"
+        )
+    return (
+        f"score > threshold {threshold:.4g}, the detector's own offset_, calibrated on its "
+        f"training images with contamination {detector.contamination}"
+    )
+
+
+def describe_masks(threshold):
+    """The pixel decision of ``memad score``."""
+    return (
+        f"Defect masks: pixels whose anomaly map reaches {threshold:.4g}, the pixel threshold "
+        "chosen on the validation masks, on flagged images; other images get an empty mask."
+    )
+
+
+# --------------------------------------------------------------------------- masks
+def pixel_threshold(header, sigma):
+    """``(threshold or None, warning or None)``: the model's pixel threshold, for ``sigma``."""
+    pixel = header.get(PIXEL_KEY)
+    if not isinstance(pixel, dict) or "threshold" not in pixel:
+        return None, None
+    if not np.isclose(sigma, pixel["sigma"]):
+        return None, (
+            f"no defect masks: the model's pixel threshold was chosen on maps smoothed with "
+            f"--sigma {pixel['sigma']:g}, and these are smoothed with --sigma {sigma:g}"
+        )
+    return float(pixel["threshold"]), None
+
+
+def mask_name(overlay_name):
+    """``dir/x.png`` -> ``dir/x_mask.png`` (the MVTec ground-truth naming)."""
+    return overlay_name.with_name(f"{overlay_name.stem}_mask.png")
+
+
+def write_mask(target, anomaly_map, threshold, flagged, source):
+    """Write a defect mask PNG (white = defect) at the size of the image file ``source``.
+
+    The map is resized (bilinear) to the file's size before thresholding; an image that the
+    image threshold passes gets an empty mask.
+    """
+    try:
+        with Image.open(source) as im:
+            width, height = im.size
+    except READ_ERRORS:
+        height, width = anomaly_map.shape
+    if not flagged:
+        mask = np.zeros((height, width), dtype=bool)
+    else:
+        values = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32))
+        if values.size != (width, height):
+            values = values.resize((width, height), Image.Resampling.BILINEAR)
+        mask = np.asarray(values) >= threshold
+    Image.fromarray(mask.astype(np.uint8) * 255).save(target)
