@@ -1,7 +1,9 @@
 """Tune a detector with GridSearchCV: normal-only training folds, AUROC on labelled folds.
 
 The backbone is the slow, parameter-free part, so the patch features are computed once and
-only the detector part of the pipeline (RandomProjection -> PaDiMDetector) is searched.
+only the rest is searched: PaDiM's random channel pick (which the standard pipeline makes inside
+the feature step) becomes a ``RandomProjection(method="channels")`` step here, so the number
+of channels kept can be tuned along with the detector.
 ``NormalOnlyKFold`` trains every fold on normal images only and tests it on held-out normal
 plus defective images, so ``scoring="roc_auc"`` works with +1 normal / -1 anomaly labels; the
 detectors leave images labelled -1 out of their memory, so the final refit on all labelled
@@ -16,11 +18,13 @@ import argparse
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline, make_pipeline
 
 from sklearn_memad.demo import make_texture_anomalies
 from sklearn_memad.metrics import image_auroc
 from sklearn_memad.model_selection import NormalOnlyKFold
 from sklearn_memad.pipelines import make_detector_pipeline
+from sklearn_memad.transformers import RandomProjection
 
 
 def main(small=False):
@@ -35,7 +39,9 @@ def main(small=False):
     held_out = make_texture_anomalies("grass", random_state=1, **sizes)
 
     pipe = make_detector_pipeline("padim", image_size=size, random_state=0)
-    features, head = pipe[0], pipe[1:]
+    # Every feature, computed once; the channel pick moves into the searched part.
+    features = pipe[0].set_params(max_features=None)
+    head = make_pipeline(RandomProjection(method="channels", random_state=0), pipe[-1])
     X = np.concatenate([tuning.X_train, tuning.X_test])
     y = np.concatenate([np.ones(len(tuning.X_train), dtype=int), tuning.y_test])
     grids = features.fit_transform(X)
@@ -60,7 +66,7 @@ def main(small=False):
     print(f"best: {search.best_params_} (cross-validated AUROC {search.best_score_:.3f})")
 
     # The refitted best head, behind the same feature extractor, is a full image pipeline.
-    pipe.steps[1:] = search.best_estimator_.steps
+    pipe = Pipeline([("featuretransformer", features)] + search.best_estimator_.steps)
     scores = -pipe.score_samples(held_out.X_test)
     print(f"held-out image AUROC of the best model: {image_auroc(held_out.y_test, scores):.3f}")
 

@@ -206,7 +206,8 @@ def _run_fit(args):
         random_state=args.seed,
         verbose=not args.quiet,
     )
-    features = make_detector_pipeline(args.method, **options)[0]
+    # All the backbone's features, before PaDiM's channel pick, to check --n-components.
+    features = make_detector_pipeline(args.method, **options)[0].set_params(max_features=None)
     grid_h, grid_w, n_features = _build_backbone(features, size)
 
     n_components = args.n_components
@@ -237,7 +238,8 @@ def _run_fit(args):
     pipe = make_detector_pipeline(
         args.method, n_components=n_components, coreset_ratio=coreset_ratio, **options
     )
-    pipe.steps[0] = (pipe.steps[0][0], features)  # the backbone is built already
+    # The backbone is built already: the pipeline's feature step takes it over.
+    pipe.steps[0] = (pipe.steps[0][0], features.set_params(**pipe[0].get_params()))
 
     start = time.perf_counter()
     try:

@@ -6,7 +6,7 @@ examples and the benchmarks share, so a setting is chosen in one place:
 =========  ==========================================================================
 method     steps
 =========  ==========================================================================
-padim      FeatureTransformer -> RandomProjection(100, "channels") -> PaDiMDetector
+padim      FeatureTransformer(max_features=100) -> PaDiMDetector
 patchcore  FeatureTransformer -> LocalAggregation(3) -> PatchCoreDetector
 dfkde      FeatureTransformer -> RandomProjection(16, "gaussian") -> DFKDEDetector
 =========  ==========================================================================
@@ -162,13 +162,18 @@ def make_detector_pipeline(
     >>> from sklearn_memad.pipelines import make_detector_pipeline
     >>> pipe = make_detector_pipeline("padim", backbone="resnet18", weights=None)
     >>> [name for name, _ in pipe.steps]
-    ['featuretransformer', 'randomprojection', 'padimdetector']
+    ['featuretransformer', 'padimdetector']
+    >>> pipe[0].max_features
+    100
     """
     features = FeatureTransformer(
         backbone=backbone,
         layers=layers,
         weights=weights,
         image_size=image_size,
+        # PaDiM follows its paper, a random subset of channels, picked inside the feature
+        # step so the discarded channels are never resampled or stored.
+        max_features=(n_components or _DEFAULT_COMPONENTS[method]) if method == "padim" else None,
         batch_size=batch_size,
         device=device,
         random_state=random_state,
@@ -183,23 +188,19 @@ def make_detector_pipeline(
             random_state=random_state,
             verbose=verbose,
         )
+    elif method == "padim":
+        middle = None
+        detector = PaDiMDetector(contamination=contamination)
     else:
-        # PaDiM follows its paper (a random subset of channels); DFKDE needs few dimensions
-        # for a kernel density to mean anything, which a Gaussian projection keeps best.
+        # A kernel density needs few dimensions to mean anything; a Gaussian projection
+        # keeps them best.
         middle = RandomProjection(
             n_components=n_components or _DEFAULT_COMPONENTS[method],
-            method="channels" if method == "padim" else "gaussian",
             random_state=random_state,
         )
-        detector_class = PaDiMDetector if method == "padim" else DFKDEDetector
-        detector = detector_class(contamination=contamination)
-    return Pipeline(
-        [
-            ("featuretransformer", features),
-            (type(middle).__name__.lower(), middle),
-            (type(detector).__name__.lower(), detector),
-        ]
-    )
+        detector = DFKDEDetector(contamination=contamination)
+    steps = [features, middle, detector]
+    return Pipeline([(type(step).__name__.lower(), step) for step in steps if step is not None])
 
 
 class ModelFileError(ValueError):

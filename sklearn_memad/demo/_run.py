@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.pipeline import Pipeline
 
 from .._overlay import _score_caption, compose_panels
 from ..detectors._base import image_scores_from_patches
@@ -12,6 +13,7 @@ from ..display import anomaly_map_range
 from ..maps import patch_to_pixel_maps
 from ..metrics import image_auroc, pixel_auroc
 from ..pipelines import METHODS, auto_coreset_ratio, make_detector_pipeline
+from ..transformers import RandomProjection
 from ._textures import DEFECTS, TEXTURES, make_texture_anomalies, save_mvtec_layout
 
 __all__ = ["run_demo"]
@@ -31,14 +33,25 @@ def _fit_and_score(method, features, grids_train, grids_test, data, options):
         coreset_ratio=auto_coreset_ratio(len(grids_train) * h * w),
         **options,
     )
-    pipe.steps[0] = (pipe.steps[0][0], features)  # already fitted, shared by the detectors
+    steps = pipe.steps[1:]
+    if pipe[0].max_features is not None:
+        # PaDiM's channel pick, made here on the grids that the detectors share.
+        pick = RandomProjection(
+            pipe[0].max_features, method="channels", random_state=options.get("random_state")
+        )
+        steps = [("randomprojection", pick)] + steps
+    # The feature step is already fitted and shared by the detectors.
+    pipe = Pipeline([(pipe.steps[0][0], features)] + steps)
     head = pipe[1:]
     start = time.perf_counter()
     head.fit(grids_train)
     fit_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    patch_scores = pipe[-1].score_patches(pipe[1:-1].transform(grids_test))
+    middle = pipe[1:-1] if len(pipe) > 2 else None
+    patch_scores = pipe[-1].score_patches(
+        middle.transform(grids_test) if middle is not None else grids_test
+    )
     maps = patch_to_pixel_maps(patch_scores, data.X_test.shape[1:3])
     scores = image_scores_from_patches(patch_scores, pipe[-1].top_k)
     score_s = time.perf_counter() - start
@@ -176,7 +189,7 @@ def run_demo(
         )
         if write_data:
             save_mvtec_layout(data, out_dir / "data" / texture)
-        features = make_detector_pipeline(methods[0], **options)[0]
+        features = make_detector_pipeline(methods[0], **options)[0].set_params(max_features=None)
         start = time.perf_counter()
         features.fit(data.X_train)
         grids_train = features.transform(data.X_train)

@@ -135,7 +135,7 @@ class PatchCoreDetector(MemoryDetectorMixin):
         rng = check_random_state(self.random_state)
         n_select = int(np.ceil(self.coreset_ratio * bank.shape[0]))
         points = project_for_coreset(bank, self.projection_dim, rng)
-        selected, owner, cover_sq = greedy_coreset(
+        selected, owner, _ = greedy_coreset(
             points,
             n_select,
             projection_dim=None,
@@ -148,7 +148,7 @@ class PatchCoreDetector(MemoryDetectorMixin):
         self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
         self.memory_bytes_ = int(self.coreset_.nbytes)
         # Kept only until calibration, which reads how the selection covered the bank.
-        self._selection = (points, selected, owner, cover_sq)
+        self._selection = (points, selected, owner)
 
     @property
     def _searcher(self):
@@ -201,7 +201,7 @@ class PatchCoreDetector(MemoryDetectorMixin):
             scores[alone] = in_sample.mean(axis=1)
         return scores.reshape(n, h, w)
 
-    def _add_replacements(self, queries, source, neighbours, points, selected, owner, cover_sq):
+    def _add_replacements(self, queries, source, neighbours, points, selected, owner):
         """Merge into each image's held-out neighbours the entries that a coreset of the same
         size, built without that image, would hold in place of the image's own.
 
