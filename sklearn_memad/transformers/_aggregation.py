@@ -3,7 +3,8 @@
 from numbers import Integral
 
 import numpy as np
-from scipy.ndimage import uniform_filter
+import torch
+import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
@@ -110,12 +111,17 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
 
     def _aggregate(self, grids, was_2d):
         if self.size > 1 and grids.shape[1] * grids.shape[2] > 1:
-            window = (1, self.size, self.size, 1)
-            # Sum of the existing neighbours over their count: no zero padding at the border.
-            sums = uniform_filter(grids, size=window, mode="constant", cval=0.0)
-            ones = np.ones((1,) + grids.shape[1:3] + (1,), dtype=np.float32)
-            counts = uniform_filter(ones, size=window, mode="constant", cval=0.0)
-            grids = sums / counts
+            # (n, h, w, d) viewed as NCHW in channels-last layout: no copy in or out.
+            # count_include_pad=False: the mean of the existing neighbours at the border.
+            with torch.inference_mode():
+                pooled = F.avg_pool2d(
+                    torch.from_numpy(grids).permute(0, 3, 1, 2),
+                    self.size,
+                    stride=1,
+                    padding=self.size // 2,
+                    count_include_pad=False,
+                )
+                grids = pooled.permute(0, 2, 3, 1).contiguous().numpy()
         grids = grids.astype(np.float32, copy=False)
         return grids.reshape(grids.shape[0], -1) if was_2d else grids
 
