@@ -63,7 +63,11 @@ def parse_args(argv=None):
     p.add_argument("--layers", nargs="+", default=None, help="override every pipeline's layers")
     p.add_argument("--detectors", nargs="+", default=["padim", "patchcore", "dfkde"])
     p.add_argument("--coreset-ratio", type=float, default=0.01)
-    p.add_argument("--n-neighbors", type=int, default=9)
+    p.add_argument("--n-neighbors", type=int, default=1, help="our PatchCore's neighbours")
+    p.add_argument(
+        "--peer-n-neighbors", type=int, default=9,
+        help="anomalib's num_neighbors (its patch scores are 1-NN; this is its re-weighting set)",
+    )
     p.add_argument("--padim-components", type=int, default=100)
     p.add_argument("--dfkde-components", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
@@ -104,14 +108,13 @@ def build_pipeline(args, detector):
         layers=layers_for(args, detector),
         weights=weights,
         image_size=None,  # the images are already at the benchmark size
+        # PaDiM's random channel subset, picked inside the feature step before resampling.
+        max_features=args.padim_components if detector == "padim" else None,
         batch_size=args.batch_size,
         random_state=0,
     )
     if detector == "padim":
-        steps = [
-            RandomProjection(args.padim_components, method="channels", random_state=0),
-            PaDiMDetector(),
-        ]
+        steps = [PaDiMDetector()]
     elif detector == "patchcore":
         steps = [
             LocalAggregation(3),
@@ -158,6 +161,7 @@ def run_worker(args):
     detector = args.worker
 
     coreset = _Clock(patchcore_module, "greedy_coreset")
+    projection = _Clock(patchcore_module, "project_for_coreset")
     calibration = _Clock(MemoryDetectorMixin, "_calibrate")
     pipe = build_pipeline(args, detector)
     features, rest = pipe[0], pipe[1:]
@@ -180,7 +184,9 @@ def run_worker(args):
             grids = features.transform(batch)
             backbone += time.perf_counter() - t0
             # One detector pass gives both the image scores and the pixel maps.
-            patches = rest[-1].score_patches(rest[:-1].transform(grids))
+            if len(rest) > 1:
+                grids = rest[:-1].transform(grids)
+            patches = rest[-1].score_patches(grids)
             scores.append(-image_scores_from_patches(patches, rest[-1].top_k))
             maps.append(patch_to_pixel_maps(patches, test.shape[1:3]))
     scores = np.concatenate(scores)
@@ -200,7 +206,7 @@ def run_worker(args):
         "fit_seconds": fit_phase.seconds,
         "fit_feature_seconds": feature_seconds,
         "fit_memory_seconds": memory_seconds,
-        "coreset_seconds": coreset.seconds,
+        "coreset_seconds": coreset.seconds + projection.seconds,
         "calibration_seconds": oos.seconds + calibration.seconds,
         "score_seconds": score_phase.seconds,
         "score_ms_per_image": 1e3 * score_phase.seconds / len(test),
@@ -266,7 +272,7 @@ def run_peer(args, folder, detector):
            "--train", str(folder / "train.npy"), "--test", str(folder / "test.npy"),
            "--test-labels", str(folder / "labels.npy"), "--backbone", args.backbone,
            "--layers", *layers, "--pretrained", "false", "--coreset-ratio",
-           str(args.coreset_ratio), "--n-neighbors", str(args.n_neighbors),
+           str(args.coreset_ratio), "--n-neighbors", str(args.peer_n_neighbors),
            "--batch-size", str(args.batch_size), "--out", str(result)]
     if detector == "padim":
         cmd += ["--n-features", str(args.padim_components)]

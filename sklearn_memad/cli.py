@@ -531,7 +531,7 @@ def build_parser():
         "2,500 patches, whichever is fewer",
     )
     knobs.add_argument(
-        "--n-neighbors", type=_positive_int, default=9, help="PatchCore: neighbours (default 9)"
+        "--n-neighbors", type=_positive_int, default=1, help="PatchCore: neighbours (default 1)"
     )
     knobs.add_argument(
         "--n-components",

@@ -111,7 +111,7 @@ def make_detector_pipeline(
     image_size=256,
     n_components=None,
     coreset_ratio=0.1,
-    n_neighbors=9,
+    n_neighbors=1,
     contamination="auto",
     batch_size=16,
     device="cpu",
@@ -139,7 +139,7 @@ def make_detector_pipeline(
     coreset_ratio : float in (0, 1], default=0.1
         PatchCore's coreset fraction; :func:`auto_coreset_ratio` suggests one for a training
         set's size.
-    n_neighbors : int, default=9
+    n_neighbors : int, default=1
         PatchCore's number of neighbours.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets the detector's ``offset_`` (see the detectors).

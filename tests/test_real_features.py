@@ -7,8 +7,8 @@ over the sorted file names so that every exposure setting is represented, at 224
 Bound: image AUROC >= 0.70 for every detector. With 30 + 30 test images, a detector that
 ranks at random has AUROC 0.5 with a standard deviation of about 0.075 (Mann-Whitney), so
 0.70 is more than 2.5 standard deviations above chance. Measured on this subset (2026-11-28):
-PaDiM 0.83, DFKDE 0.84, PatchCore 0.81 with n_neighbors=1 (the PatchCore paper's rule;
-0.73 with the default 9).
+PaDiM 0.83, DFKDE 0.84, PatchCore 0.81 with n_neighbors=1 (the default, the PatchCore
+paper's rule; 0.73 with 9).
 """
 
 from pathlib import Path

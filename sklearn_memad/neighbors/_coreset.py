@@ -92,7 +92,9 @@ def greedy_coreset(
     centre_sq[0] = sq_norms[selected[0]]
 
     nearest_sq = _sq_dist_to(points, sq_norms, centres[0], centre_sq[0])
-    owner = np.zeros(n_samples, dtype=np.int32)
+    # The bound's right-hand side, kept up to date with nearest_sq rather than recomputed.
+    reach_sq = _SLACK * nearest_sq
+    owner = np.zeros(n_samples, dtype=np.intp)  # intp: indexing with it needs no conversion
 
     for step in progress(range(1, n_select), verbose, "coreset"):
         new = int(np.argmax(nearest_sq))
@@ -107,7 +109,7 @@ def greedy_coreset(
         # Triangle inequality: |c - x| >= |c - o| - |x - o| for x's nearest centre o, so the
         # new centre c can only come closer to x if |c - o| < 2 |x - o|. The slack absorbs
         # float32 rounding so no candidate is lost.
-        rows = np.flatnonzero(between_sq[owner] < _SLACK * nearest_sq)
+        rows = np.flatnonzero(between_sq[owner] < reach_sq)
         if rows.size == 0:
             continue
         if rows.size > _GATHER_BELOW * n_samples:
@@ -118,9 +120,10 @@ def greedy_coreset(
         closer = sq < nearest_sq[rows]
         moved = rows[closer]
         nearest_sq[moved] = sq[closer]
+        reach_sq[moved] = _SLACK * sq[closer]
         owner[moved] = step
     if return_cover:
-        return selected, owner, nearest_sq
+        return selected, owner.astype(np.int32), nearest_sq
     return selected
 
 

@@ -92,8 +92,11 @@ class NearestNeighborSearch:
                     query_groups, bank_groups = (torch.from_numpy(np.asarray(g)) for g in exclude)
                     own = query_groups[start : start + step, None] == bank_groups[None, :]
                     sq.masked_fill_(own, float("inf"))
-                _, nearest = torch.topk(sq, k, dim=1, largest=False, sorted=False)
-                exact_sq = (bank[nearest] - block[:, None, :]).square_().sum(dim=2)
+                if k == 1:  # min with indices is twice as fast as argmin here
+                    nearest = sq.min(dim=1, keepdim=True).indices
+                else:
+                    _, nearest = torch.topk(sq, k, dim=1, largest=False, sorted=False)
+                exact_sq = _exact_sq(bank, block, nearest)
                 if exclude is not None:
                     exact_sq.masked_fill_(torch.isinf(sq.gather(1, nearest)), float("inf"))
                 exact_sq, order = torch.sort(exact_sq, dim=1, stable=True)
@@ -116,3 +119,21 @@ class NearestNeighborSearch:
             self._index.prepare()
         indices, distances = self._index.query(queries, k=k)
         return distances.astype(np.float32), indices.astype(np.int64)
+
+
+def _exact_sq(bank, queries, nearest):
+    """Squared distances of each query to its ``nearest`` bank rows, from the differences.
+
+    In slices of queries small enough for the differences to stay in cache, gathered with
+    ``index_select``: one advanced-indexing gather of all of them is memory-bound and took
+    longer than the distance product itself (measured 17 vs 2.6 ms per 1,024 queries, k=9).
+    """
+    k, d = nearest.shape[1], bank.shape[1]
+    step = max(1, (4 << 20) // (4 * k * d))
+    out = torch.empty(nearest.shape, dtype=bank.dtype)
+    for start in range(0, queries.shape[0], step):
+        rows = slice(start, start + step)
+        diff = torch.index_select(bank, 0, nearest[rows].reshape(-1)).view(-1, k, d)
+        diff.sub_(queries[rows, None, :])
+        torch.sum(diff.square_(), dim=2, out=out[rows])
+    return out
