@@ -220,11 +220,13 @@ class PaDiMDetector(MemoryDetectorMixin):
         """Packed lower triangle of ``W = L^-1`` (``C + reg I = L L^T``), float32."""
         d = cov.shape[-1]
         cov.diagonal(dim1=1, dim2=2).add_(self.reg)
-        lower = torch.linalg.cholesky(cov)
+        # The factorisation needs float64 (C's condition number); the solve against a
+        # well-conditioned L does not (distances within 1e-5 of a float64 solve).
+        lower = torch.linalg.cholesky(cov).float()
         identity = torch.eye(d, dtype=lower.dtype).expand_as(lower)
         factor = torch.linalg.solve_triangular(lower, identity, upper=False)
         rows, cols = torch.tril_indices(d, d)
-        return factor[:, rows, cols].float().numpy()
+        return factor[:, rows, cols].numpy()
 
     def _set_model(self, mean, whitening):
         self.mean_ = mean.reshape(self.grid_shape_ + (mean.shape[-1],)).astype(np.float32)
