@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,17 +98,26 @@ def main(argv=None):
                 row["anomalib_memory_bytes"] = peer["memory_bytes"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{len(train_idx)} training / {len(test_idx)} test images at {size}, "
-          "EfficientNet-Lite0 _blocks.4 + _blocks.10, 100 channels\n")
-    print("| detector | sklearn_memad image AUROC | anomalib image AUROC | note |")
-    print("|---|---|---|---|")
+    lines = [
+        f"{len(train_idx)} training / {len(test_idx)} test images at {size}, "
+        "EfficientNet-Lite0 _blocks.4 + _blocks.10, 100 channels",
+        "",
+        "| detector | sklearn_memad image AUROC | anomalib image AUROC | note |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         note = ""
         if "max_relative_difference_of_patch_scores" in r:
             note = (f"patch scores max relative difference "
                     f"{r['max_relative_difference_of_patch_scores']:.1e}; memory "
                     f"{r['ours_memory_bytes'] / 2**20:.1f} vs {r['anomalib_memory_bytes'] / 2**20:.1f} MiB")
-        print(f"| {r['detector']} | {r['ours_image_auroc']:.3f} | {r['anomalib_image_auroc']:.3f} | {note} |")
+        lines.append(f"| {r['detector']} | {r['ours_image_auroc']:.3f} | {r['anomalib_image_auroc']:.3f} | {note} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    command = "python benchmarks/identical_features.py " + " ".join(sys.argv[1:])
+    out = Path(__file__).resolve().parent / "results" / "identical_features.md"
+    out.write_text(f"Command: `{command.strip()}` ({time.strftime('%Y-%m-%d')})\n\n{table}\n")
+    print(f"\nWrote {out}")
 
 
 def make_dfkde(projection, detector):
