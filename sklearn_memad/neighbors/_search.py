@@ -82,6 +82,8 @@ class NearestNeighborSearch:
         bank = torch.from_numpy(self.bank)
         bank_sq = torch.from_numpy(self._bank_sq)
         step = max(1, _BLOCK_BYTES // (4 * max(self.bank.shape[0], k * d, 1)))
+        if exclude is not None:
+            excluded = _GroupMembers(*exclude)
         with torch.inference_mode():
             for start in range(0, n, step):
                 block = torch.from_numpy(queries[start : start + step])
@@ -89,9 +91,8 @@ class NearestNeighborSearch:
                 # distances are small next to the norms, so the k winners are measured again.
                 sq = torch.addmm(bank_sq, block, bank.T, alpha=-2.0)
                 if exclude is not None:
-                    query_groups, bank_groups = (torch.from_numpy(np.asarray(g)) for g in exclude)
-                    own = query_groups[start : start + step, None] == bank_groups[None, :]
-                    sq.masked_fill_(own, float("inf"))
+                    rows, cols = excluded.pairs(start, start + block.shape[0])
+                    sq.index_put_((rows, cols), torch.tensor(float("inf")))
                 if k == 1:  # min with indices is twice as fast as argmin here
                     nearest = sq.min(dim=1, keepdim=True).indices
                 else:
@@ -119,6 +120,32 @@ class NearestNeighborSearch:
             self._index.prepare()
         indices, distances = self._index.query(queries, k=k)
         return distances.astype(np.float32), indices.astype(np.int64)
+
+
+class _GroupMembers:
+    """For each query, the bank rows of its own group, as (row, column) pairs.
+
+    A query excludes only its group's few rows (an image's coreset entries), so writing inf
+    at those pairs replaces a dense (queries x bank) comparison of group labels.
+    """
+
+    def __init__(self, query_groups, bank_groups):
+        self.query_groups = np.asarray(query_groups, dtype=np.intp)
+        bank_groups = np.asarray(bank_groups, dtype=np.intp)
+        n_groups = int(max(self.query_groups.max(initial=-1), bank_groups.max(initial=-1))) + 1
+        self.members = np.argsort(bank_groups, kind="stable")
+        self.counts = np.bincount(bank_groups, minlength=n_groups)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+
+    def pairs(self, start, stop):
+        groups = self.query_groups[start:stop]
+        counts = self.counts[groups]
+        total = int(counts.sum())
+        rows = np.repeat(np.arange(stop - start), counts)
+        # Position of each pair within its group's run of members, then the member itself.
+        offsets = np.repeat(self.starts[groups] - np.cumsum(counts) + counts, counts)
+        cols = self.members[offsets + np.arange(total)]
+        return torch.from_numpy(rows), torch.from_numpy(cols)
 
 
 def _exact_sq(bank, queries, nearest):
