@@ -68,6 +68,13 @@ def parse_args(argv=None):
         "--peer-n-neighbors", type=int, default=9,
         help="anomalib's num_neighbors (its patch scores are 1-NN; this is its re-weighting set)",
     )
+    p.add_argument(
+        "--aggregation", type=int, default=3, help="PatchCore's LocalAggregation size (3 x 3)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=1,
+        help="image score: mean of the top_k largest patch scores (1: the max), every detector",
+    )
     p.add_argument("--padim-components", type=int, default=100)
     p.add_argument("--dfkde-components", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
@@ -114,16 +121,22 @@ def build_pipeline(args, detector):
         random_state=0,
     )
     if detector == "padim":
-        steps = [PaDiMDetector()]
+        steps = [PaDiMDetector(top_k=args.top_k)]
     elif detector == "patchcore":
         steps = [
-            LocalAggregation(3),
+            LocalAggregation(args.aggregation),
             PatchCoreDetector(
-                coreset_ratio=args.coreset_ratio, n_neighbors=args.n_neighbors, random_state=0
+                coreset_ratio=args.coreset_ratio,
+                n_neighbors=args.n_neighbors,
+                top_k=args.top_k,
+                random_state=0,
             ),
         ]
     else:
-        steps = [RandomProjection(args.dfkde_components, random_state=0), DFKDEDetector()]
+        steps = [
+            RandomProjection(args.dfkde_components, random_state=0),
+            DFKDEDetector(top_k=args.top_k),
+        ]
     return make_pipeline(features, *steps)
 
 
@@ -257,7 +270,8 @@ def _forwarded(args):
     out = ["--backbone", args.backbone, "--weights", args.weights, "--batch-size",
            str(args.batch_size), "--coreset-ratio", str(args.coreset_ratio), "--n-neighbors",
            str(args.n_neighbors), "--padim-components", str(args.padim_components),
-           "--dfkde-components", str(args.dfkde_components)]
+           "--dfkde-components", str(args.dfkde_components), "--aggregation",
+           str(args.aggregation), "--top-k", str(args.top_k)]
     if args.layers:
         out += ["--layers", *args.layers]
     return out

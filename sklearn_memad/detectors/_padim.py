@@ -102,8 +102,9 @@ class PaDiMDetector(MemoryDetectorMixin):
         self.__dict__.pop("_moments", None)
         n, h, w, d = grids.shape
         flat = grids.reshape(n, h * w, d)
-        mean = flat.mean(axis=0, dtype=np.float64)
-        mean32 = mean.astype(np.float32)
+        # torch's float32 mean sums pairwise (as accurate here as numpy's float64 mean, which
+        # took 4x longer); the model keeps float32 means anyway.
+        mean = torch.from_numpy(flat).mean(dim=0).numpy()
         self.grid_shape_ = (h, w)
         self.n_samples_seen_ = n
         whitening = np.empty((h * w, d * (d + 1) // 2), dtype=np.float32)
@@ -114,7 +115,7 @@ class PaDiMDetector(MemoryDetectorMixin):
                 # Centred data is summed in float32 (twice as fast; distances within 1e-5 of a
                 # float64 sum on resnet18 features) and factorised in float64.
                 block = torch.from_numpy(flat[:, start:stop]).transpose(0, 1)
-                centred = block - torch.from_numpy(mean32[start:stop])[:, None, :]
+                centred = block - torch.from_numpy(mean[start:stop])[:, None, :]
                 scatter = torch.bmm(centred.transpose(1, 2), centred).double()
                 whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
         self._set_model(mean, whitening)
