@@ -17,6 +17,7 @@ Example::
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from decisions import halves  # noqa: E402  (the same split as the decisions benchmark)
+
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mtd"
 
 
@@ -53,23 +57,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def halves(kinds, seed=0):
-    """Boolean mask of half A: half of each kind (good included), drawn at random."""
-    rng = np.random.RandomState(seed)
-    first = np.zeros(len(kinds), dtype=bool)
-    for kind in sorted(set(kinds)):
-        members = np.flatnonzero(kinds == kind)
-        first[rng.permutation(members)[: len(members) // 2]] = True
-    return first
-
-
 def main(argv=None):
     args = parse_args(argv)
     size = (args.image_size, args.image_size)
     train = load_mvtec(args.data, "train", image_size=size)
     test = load_mvtec(args.data, "test", image_size=size)
-    kinds = np.array([Path(p).parent.name for p in test.paths])
-    first = halves(kinds)
+    kinds = test.kinds
+    first = halves(test.labels, kinds, np.random.RandomState(0))
     defective = test.labels == -1
     # Each defect kind with the good images: the per-kind AUROCs.
     by_kind = {k: (kinds == k) | (kinds == "good") for k in sorted(set(kinds) - {"good"})}
