@@ -85,26 +85,14 @@ def main(argv=None):
             row = {"layers": layer_set, "aggregation": aggregation_size, "fit_seconds": fit_s}
             for top_k in args.top_k:
                 anomaly = image_scores_from_patches(patches, top_k)
-                row[f"image_top{top_k}"] = {
-                    "all": image_auroc(test.labels, anomaly),
-                    "a": image_auroc(test.labels[first], anomaly[first]),
-                    "b": image_auroc(test.labels[~first], anomaly[~first]),
-                    **{
-                        kind: image_auroc(test.labels[with_good], anomaly[with_good])
-                        for kind, with_good in by_kind.items()
-                    },
-                }
+                row[f"image_top{top_k}"] = _by_subset(
+                    image_auroc, test.labels, anomaly, first, by_kind
+                )
             for sigma in args.sigma:
                 maps = patch_to_pixel_maps(patches, size, sigma=sigma)
                 row[f"pixel_sigma{sigma:g}"] = {
-                    "all": pixel_auroc(test.masks, maps),
-                    "a": pixel_auroc(test.masks[first], maps[first]),
-                    "b": pixel_auroc(test.masks[~first], maps[~first]),
+                    **_by_subset(pixel_auroc, test.masks, maps, first, by_kind),
                     "aupro": aupro(test.masks[defective], maps[defective]),
-                    **{
-                        kind: pixel_auroc(test.masks[with_good], maps[with_good])
-                        for kind, with_good in by_kind.items()
-                    },
                 }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -114,6 +102,24 @@ def main(argv=None):
     (out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
     (out / f"{args.name}.md").write_text(table)
     print(table)
+
+
+def _by_subset(metric, truth, scores, first, by_kind):
+    """``metric`` on the whole split, on halves A and B, and on each kind with the good images."""
+    return {
+        "all": metric(truth, scores),
+        "a": metric(truth[first], scores[first]),
+        "b": metric(truth[~first], scores[~first]),
+        **{kind: metric(truth[rows], scores[rows]) for kind, rows in by_kind.items()},
+    }
+
+
+def _halves_cell(m):
+    return f"{m['all']:.3f} ({m['a']:.3f} / {m['b']:.3f})"
+
+
+def _kinds_cell(m, kinds):
+    return " / ".join(f"{m[k]:.3f}" for k in kinds)
 
 
 def markdown(rows, args):
@@ -129,8 +135,8 @@ def markdown(rows, args):
         for top_k in args.top_k:
             m = r[f"image_top{top_k}"]
             lines.append(
-                f"| {r['layers']} | {r['aggregation']} | {top_k} | {m['all']:.3f} "
-                f"({m['a']:.3f} / {m['b']:.3f}) | {' / '.join(f'{m[k]:.3f}' for k in kinds)} |"
+                f"| {r['layers']} | {r['aggregation']} | {top_k} | {_halves_cell(m)} | "
+                f"{_kinds_cell(m, kinds)} |"
             )
     lines += ["", "Pixel AUROC and AUPRO, by the smoothing of the maps:", "",
               "| layers | aggregation | sigma | pixel AUROC all (A / B) | AUPRO | per kind |",
@@ -139,9 +145,8 @@ def markdown(rows, args):
         for sigma in args.sigma:
             m = r[f"pixel_sigma{sigma:g}"]
             lines.append(
-                f"| {r['layers']} | {r['aggregation']} | {sigma:g} | {m['all']:.3f} "
-                f"({m['a']:.3f} / {m['b']:.3f}) | {m['aupro']:.3f} | "
-                f"{' / '.join(f'{m[k]:.3f}' for k in kinds)} |"
+                f"| {r['layers']} | {r['aggregation']} | {sigma:g} | {_halves_cell(m)} | "
+                f"{m['aupro']:.3f} | {_kinds_cell(m, kinds)} |"
             )
     return "\n".join(lines) + "\n"
 
