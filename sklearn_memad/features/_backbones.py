@@ -374,11 +374,12 @@ class LayerExtractor:
 
         return record
 
-    def features(self, batch, channels=None):
+    def features(self, batch, channels=None, out=None):
         """Return the merged grids ``(n, h, w, d)`` of a normalised NCHW batch.
 
         ``channels`` (sorted indices into the concatenated features, or None for all) are
-        picked before resampling.
+        picked before resampling. ``out``, a float32 tensor of the result's shape on the same
+        device, receives the grids without an intermediate copy.
         """
         outputs = self._run(batch)
         if not self._copy_outputs and any(
@@ -392,7 +393,7 @@ class LayerExtractor:
         if missing:
             raise ValueError(f"layers {missing} did not run in the backbone's forward pass.")
         maps = [outputs[name][0] for name in self.layers]
-        return _merge_feature_maps(maps, self.layers, channels)
+        return _merge_feature_maps(maps, self.layers, channels, out)
 
     def _run(self, batch):
         outputs = self._local.outputs = {}
@@ -407,7 +408,7 @@ class LayerExtractor:
         return outputs
 
 
-def _merge_feature_maps(maps, names, channels=None):
+def _merge_feature_maps(maps, names, channels=None, out=None):
     for name, fmap in zip(names, maps):
         if not torch.is_tensor(fmap) or fmap.ndim != 4:
             shape = tuple(fmap.shape) if torch.is_tensor(fmap) else type(fmap).__name__
@@ -433,7 +434,10 @@ def _merge_feature_maps(maps, names, channels=None):
             )
             for m in maps
         ]
-        return torch.cat([m.permute(0, 2, 3, 1) for m in resized], dim=3).float()
+        parts = [m.permute(0, 2, 3, 1).float() for m in resized]
+        if out is None:
+            return torch.cat(parts, dim=3)
+        return torch.cat(parts, dim=3, out=out)
 
 
 def _pick_channels(maps, channels):

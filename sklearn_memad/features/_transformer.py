@@ -236,10 +236,19 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         batches = _iter_batches(images, self.batch_size)
         for start, batch in progress(batches, self.verbose, "FeatureTransformer", n_batches):
             prepared = _prepare(batch, size, extractor)
-            features = extractor.features(prepared, self.features_kept_).cpu().numpy()
             if grids is None:
+                features = extractor.features(prepared, self.features_kept_).cpu().numpy()
+                if len(batch) == len(images):
+                    return features  # one batch: its grids are the result, no copy
                 grids = np.empty((len(images),) + features.shape[1:], dtype=np.float32)
-            grids[start : start + len(batch)] = features
+                grids[: len(batch)] = features
+            elif extractor.device.type == "cpu":
+                # Later batches are merged straight into the result (saves a copy per batch).
+                out = torch.from_numpy(grids[start : start + len(batch)])
+                extractor.features(prepared, self.features_kept_, out=out)
+            else:
+                features = extractor.features(prepared, self.features_kept_).cpu().numpy()
+                grids[start : start + len(batch)] = features
         return grids
 
     def __sklearn_tags__(self):
