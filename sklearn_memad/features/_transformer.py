@@ -239,7 +239,8 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
             if grids is None:
                 features = extractor.features(prepared, self.features_kept_).cpu().numpy()
                 if len(batch) == len(images):
-                    return features  # one batch: its grids are the result, no copy
+                    grids = features  # one batch: its grids are the result, no copy
+                    continue
                 grids = np.empty((len(images),) + features.shape[1:], dtype=np.float32)
                 grids[: len(batch)] = features
             elif extractor.device.type == "cpu":
