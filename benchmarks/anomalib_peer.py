@@ -366,6 +366,8 @@ def run_images(args, res: dict) -> dict:
     # Timing-only passes (this machine's speed drifts by 10-30 % between runs): the scoring
     # time is the median pass, and run.py does the same on its side.
     passes = [score_phase.seconds]
+    for capture in (patch_maps, anomaly_maps, loglik):
+        capture.enabled = False  # the results are those of the first pass
     for _ in range(args.score_repeats - 1):
         t0 = time.perf_counter()
         for sl in batches(len(test), args.batch_size):
