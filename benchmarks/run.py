@@ -295,10 +295,11 @@ def run_ours(args, folder, detector):
 
 def _forwarded(args):
     out = ["--backbone", args.backbone, "--weights", args.weights, "--batch-size",
-           str(args.batch_size), "--score-repeats", str(args.score_repeats), "--coreset-ratio", str(args.coreset_ratio), "--n-neighbors",
-           str(args.n_neighbors), "--padim-components", str(args.padim_components),
-           "--dfkde-components", str(args.dfkde_components), "--aggregation",
-           str(args.aggregation), "--top-k", str(args.top_k)]
+           str(args.batch_size), "--score-repeats", str(args.score_repeats), "--coreset-ratio",
+           str(args.coreset_ratio), "--n-neighbors", str(args.n_neighbors),
+           "--padim-components", str(args.padim_components),
+           "--dfkde-components", str(args.dfkde_components),
+           "--aggregation", str(args.aggregation), "--top-k", str(args.top_k)]
     if args.layers:
         out += ["--layers", *args.layers]
     return out

@@ -227,7 +227,7 @@ class PaDiMDetector(MemoryDetectorMixin):
         # The factorisation needs float64 (C's condition number).
         factor = inverse_cholesky(cov).float()
         rows, cols = torch.tril_indices(d, d)
-        return factor.view(-1, d * d)[:, rows * d + cols].numpy()
+        return factor[:, rows, cols].numpy()
 
     def _set_model(self, mean, whitening):
         self.mean_ = mean.reshape(self.grid_shape_ + (mean.shape[-1],)).astype(np.float32)
