@@ -1,5 +1,6 @@
 """Pixel anomaly maps: a detector's patch map, upsampled to the image and smoothed."""
 
+from functools import lru_cache
 from numbers import Integral, Real
 
 import numpy as np
@@ -65,8 +66,7 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
     patch_maps = np.ascontiguousarray(patch_maps, dtype=np.float32)
     n, h, w = patch_maps.shape
     height, width = (int(v) for v in output_size)
-    rows = torch.from_numpy(_upsample_and_smooth(h, height, sigma))
-    cols = torch.from_numpy(_upsample_and_smooth(w, width, sigma).T.copy())
+    rows, cols = _pixel_operators(h, w, height, width, float(sigma))
     out = np.empty((n, height, width), dtype=np.float32)
     step = chunk_rows(height * (width + w) * 4)
     with torch.inference_mode():
@@ -74,6 +74,19 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
             block = torch.from_numpy(patch_maps[start : start + step])
             torch.matmul(torch.matmul(rows, block), cols, out=torch.from_numpy(out[start : start + step]))
     return out
+
+
+@lru_cache(maxsize=16)
+def _pixel_operators(h, w, height, width, sigma):
+    """The ``(H, h)`` and ``(w, W)`` operators, built once per shape.
+
+    Building them calls numpy's BLAS, whose threads then spin against torch's in the product
+    and the next batch's forward pass: built for every call, they took 0.5-1 ms per image of
+    a 16-image batch (64 x 64 to 256 x 256), the products themselves 0.04 ms.
+    """
+    rows = torch.from_numpy(_upsample_and_smooth(h, height, sigma))
+    cols = torch.from_numpy(_upsample_and_smooth(w, width, sigma).T.copy())
+    return rows, cols
 
 
 def _upsample_and_smooth(size, out_size, sigma):

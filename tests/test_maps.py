@@ -37,3 +37,12 @@ def test_equals_interpolate_then_scipy_gaussian_filter(shape, size, sigma):
 def test_constant_map_stays_constant():
     maps = patch_to_pixel_maps(np.full((2, 6, 6), 3.5), (48, 48), sigma=4.0)
     np.testing.assert_allclose(maps, 3.5, rtol=1e-6)
+
+
+def test_cached_operators_follow_shape_and_sigma():
+    """The operators are built once per (shapes, sigma): a call with other arguments must
+    not get a stale operator, and a repeated call gives the same maps."""
+    patch_maps = np.random.default_rng(1).normal(size=(3, 7, 5)).astype(np.float32)
+    for size, sigma in [((28, 20), 2.0), ((28, 20), 0.0), ((21, 30), 2.0), ((28, 20), 2.0)]:
+        maps = patch_to_pixel_maps(patch_maps, size, sigma)
+        np.testing.assert_allclose(maps, _reference(patch_maps, size, sigma), rtol=0, atol=2e-6)
