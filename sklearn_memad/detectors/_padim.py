@@ -7,6 +7,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from .._validation import check_grid_shape, check_grids, restore_on_error
+from ._banded import BAND, BandedProduct, pack_banded, unpack_banded
 from ._base import MemoryDetectorMixin, chunk_rows
 from ._cholesky import inverse_cholesky
 
@@ -18,7 +19,7 @@ class PaDiMDetector(MemoryDetectorMixin):
 
     For every grid position ``(i, j)`` the detector keeps the mean of the training features and
     a whitening factor ``W`` of the regularised covariance ``C + reg * I`` (``W C W^T = I``,
-    ``W`` lower triangular, stored packed in float32). A patch's score is its Mahalanobis
+    ``W`` lower triangular, stored packed in float32, band by band). A patch's score is its Mahalanobis
     distance ``|W (x - mean)|``. All positions are processed together: no Python loop over
     positions. ``partial_fit`` accumulates the sufficient statistics (count, sum and sum of
     outer products per position) chunk by chunk, so a training set need not fit in memory.
@@ -40,7 +41,9 @@ class PaDiMDetector(MemoryDetectorMixin):
     mean_ : ndarray of shape (h, w, d), float32
         Per-position mean.
     whitening_ : ndarray of shape (h * w, d * (d + 1) // 2), float32
-        Packed lower triangle of the per-position whitening factor ``W``.
+        Packed lower triangle of the per-position whitening factor ``W``, in bands of 32
+        rows: for each band (rows ``a:b``), ``W[a:b, :a]`` row by row, then the band's own
+        lower triangle row by row.
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
@@ -176,12 +179,10 @@ class PaDiMDetector(MemoryDetectorMixin):
         n = self.n_samples_seen_
         mean = self.mean_.reshape(-1, self.mean_.shape[-1]).astype(np.float64)
         d = mean.shape[1]
-        rows, cols = np.tril_indices(d)
-        factor = np.zeros((mean.shape[0], d, d))
-        factor[:, rows, cols] = self.whitening_
         with torch.inference_mode():
+            factor = unpack_banded(torch.from_numpy(self.whitening_).double(), d)
             # C = (W^T W)^-1 for the whitening factor W.
-            lower = torch.linalg.inv(torch.from_numpy(factor))
+            lower = torch.linalg.inv(factor)
             cov = torch.bmm(lower, lower.transpose(1, 2)).numpy()
         cov[:, np.arange(d), np.arange(d)] -= self.reg
         outer = (n - 1) * cov + n * mean[:, :, None] * mean[:, None, :]
@@ -221,13 +222,10 @@ class PaDiMDetector(MemoryDetectorMixin):
         self._set_model(mean, whitening)
 
     def _packed_whitening(self, cov):
-        """Packed lower triangle of ``W = L^-1`` (``C + reg I = L L^T``), float32."""
-        d = cov.shape[-1]
+        """Banded packed lower triangle of ``W = L^-1`` (``C + reg I = L L^T``), float32."""
         cov.diagonal(dim1=1, dim2=2).add_(self.reg)
         # The factorisation needs float64 (C's condition number).
-        factor = inverse_cholesky(cov).float()
-        rows, cols = torch.tril_indices(d, d)
-        return factor[:, rows, cols].numpy()
+        return pack_banded(inverse_cholesky(cov).float()).numpy()
 
     def _set_model(self, mean, whitening):
         self.mean_ = mean.reshape(self.grid_shape_ + (mean.shape[-1],)).astype(np.float32)
@@ -241,24 +239,23 @@ class PaDiMDetector(MemoryDetectorMixin):
         flat = torch.from_numpy(grids.reshape(n, h * w, d))
         mean = torch.from_numpy(self.mean_.reshape(h * w, d))
         packed = torch.from_numpy(self.whitening_)
-        rows, cols = torch.tril_indices(d, d)
-        unpack = rows * d + cols
-        out = np.empty((n, h * w), dtype=np.float64)
-        # Small blocks keep the unpacked factors in cache (measured ~2x faster than 128 MiB).
-        step = chunk_rows((d * d + 2 * n * d) * 4, budget=4 << 20)
-        # One zeroed buffer for all blocks: the scatter rewrites only the lower triangle, and
-        # fresh zeroed pages for every block cost more than the product itself.
-        buffer = torch.zeros((min(step, h * w), d * d), dtype=torch.float32)
+        out = torch.empty((h * w, n), dtype=torch.float32)
+        # A block's residuals and unpacked diagonal tiles within 16 MiB (the factors are
+        # read once, as stored): 4,096 positions of d = 100, 16 images, 1.7-1.8 ms per image
+        # against 2.2 ms with 2 MiB and 1.8-1.9 ms with 8 MiB.
+        step = chunk_rows((d * n + d * BAND) * 4, budget=16 << 20)
+        step = min(step, h * w)
+        product = BandedProduct(d, step)
+        residuals = torch.empty((step, d, n), dtype=torch.float32)
         with torch.inference_mode():
             for start in range(0, h * w, step):
                 stop = min(start + step, h * w)
-                factor = buffer[: stop - start]
-                factor.index_copy_(1, unpack, packed[start:stop])
-                centred = (flat[:, start:stop] - mean[start:stop]).permute(1, 2, 0)
-                # (positions, d, d) @ (positions, d, n) -> whitened residuals per position.
-                whitened = torch.bmm(factor.view(-1, d, d), centred)
-                out[:, start:stop] = whitened.square_().sum(dim=1).T.numpy()
-        return out.reshape(n, h, w)
+                centred = residuals[: stop - start]
+                # (positions, d, n): each position's residuals as columns.
+                torch.sub(flat[:, start:stop].permute(1, 2, 0), mean[start:stop, :, None],
+                          out=centred)
+                product.sq_norms(packed[start:stop], centred, out[start:stop])
+        return out.T.numpy().astype(np.float64).reshape(n, h, w)
 
     def _score_patches(self, grids):
         return np.sqrt(self._squared_distances(grids))
