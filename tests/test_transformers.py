@@ -50,6 +50,18 @@ def test_random_projection_shapes_and_reproducibility(method):
     np.testing.assert_allclose(flat, out.reshape(-1, 10), rtol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["gaussian", "sparse"])
+def test_random_projection_applies_scikit_learns_matrix(method):
+    """The product runs in torch, in blocks of rows; the matrix is scikit-learn's, and the
+    float64 product rounded to float32 equals its own transform, also across blocks."""
+    X = _grids(n=2, h=40, w=30, d=50, seed=2)  # 2,400 rows: more than one block
+    proj = RandomProjection(n_components=7, method=method, random_state=1).fit(X)
+    expected = proj.projection_.transform(X.reshape(-1, 50).astype(np.float64))
+    np.testing.assert_allclose(
+        proj.transform(X).reshape(-1, 7), expected.astype(np.float32), rtol=1e-6, atol=1e-6
+    )
+
+
 def test_random_projection_channels_picks_sorted_input_channels():
     X = _grids(d=12)
     proj = RandomProjection(n_components=5, method="channels", random_state=0).fit(X)

@@ -3,6 +3,8 @@
 from numbers import Integral
 
 import numpy as np
+import scipy.sparse
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
 from sklearn.utils import check_random_state
@@ -144,9 +146,22 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         if self.method == "channels":
             out = np.take(grids, self.channels_, axis=-1)  # twice as fast as fancy indexing
         else:
-            # float64 products rounded to float32 do not depend on how rows are batched.
-            out = self.projection_.transform(grids.reshape(-1, d).astype(np.float64))
-            out = out.reshape(n, h, w, -1)
+            # scikit-learn's projection matrix, applied by torch: numpy's BLAS threads spin
+            # after each product and slow the torch work that follows (the backbone, the
+            # detector). float64 products rounded to float32 do not depend on how rows are
+            # batched.
+            components = self.projection_.components_
+            if scipy.sparse.issparse(components):
+                components = components.toarray()
+            flat = torch.from_numpy(grids.reshape(-1, d))
+            matrix = torch.from_numpy(np.asarray(components, np.float64)).T
+            out = torch.empty((flat.shape[0], matrix.shape[1]), dtype=torch.float32)
+            step = max(1, (4 << 20) // (8 * d))  # 4 MiB of float64 rows at a time
+            with torch.inference_mode():
+                for start in range(0, flat.shape[0], step):
+                    rows = flat[start : start + step].double()
+                    out[start : start + step] = torch.mm(rows, matrix)
+            out = out.numpy().reshape(n, h, w, -1)
         out = np.ascontiguousarray(out, dtype=np.float32)
         return out.reshape(n, -1) if was_2d else out
 
