@@ -54,7 +54,7 @@ def test_random_projection_shapes_and_reproducibility(method):
 def test_random_projection_applies_scikit_learns_matrix(method):
     """The product runs in torch, in blocks of rows; the matrix is scikit-learn's, and the
     float64 product rounded to float32 equals its own transform, also across blocks."""
-    X = _grids(n=2, h=40, w=30, d=50, seed=2)  # 2,400 rows: more than one block
+    X = _grids(n=2, h=80, w=80, d=50, seed=2)  # 12,800 rows: two blocks of 10,485
     proj = RandomProjection(n_components=7, method=method, random_state=1).fit(X)
     expected = proj.projection_.transform(X.reshape(-1, 50).astype(np.float64))
     np.testing.assert_allclose(
