@@ -211,6 +211,21 @@ def test_padim_fit_saves_only_its_model_partial_fit_keeps_its_sums(train):
     assert resumed.n_samples_seen_ == len(train) + 20
 
 
+def test_padim_model_file_from_an_older_packing_is_refused(train):
+    """Before 2026-12-03 whitening_ was a row-major packed triangle: such a model file would
+    score silently wrong with the banded product, so it is refused with a clear message."""
+    import pickle
+
+    state = PaDiMDetector().fit(train).__getstate__()
+    state.pop("_whitening_band")
+    old = PaDiMDetector()
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    with pytest.raises(ValueError, match="earlier version of sklearn_memad"):
+        old.score_samples(train[:2])
+    with pytest.raises(ValueError, match="earlier version of sklearn_memad"):
+        old.partial_fit(train[:5])
+
+
 def test_padim_partial_fit_continues_a_fitted_model(train):
     more = _grids(20, seed=3)
     continued = PaDiMDetector().fit(train).partial_fit(more)

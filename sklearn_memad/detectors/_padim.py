@@ -176,6 +176,7 @@ class PaDiMDetector(MemoryDetectorMixin):
 
     def _moments_from_model(self):
         """Running sums that reproduce the fitted Gaussians (to continue after ``fit``)."""
+        self._check_whitening_layout()
         n = self.n_samples_seen_
         mean = self.mean_.reshape(-1, self.mean_.shape[-1]).astype(np.float64)
         d = mean.shape[1]
@@ -227,14 +228,24 @@ class PaDiMDetector(MemoryDetectorMixin):
         # The factorisation needs float64 (C's condition number).
         return pack_banded(inverse_cholesky(cov).float()).numpy()
 
+    def _check_whitening_layout(self):
+        # A model file from before the banded packing would score silently wrong.
+        if getattr(self, "_whitening_band", None) != BAND:
+            raise ValueError(
+                "This PaDiMDetector was fitted by an earlier version of sklearn_memad, which "
+                "packed whitening_ differently; fit it again with this version."
+            )
+
     def _set_model(self, mean, whitening):
         self.mean_ = mean.reshape(self.grid_shape_ + (mean.shape[-1],)).astype(np.float32)
         self.whitening_ = whitening
+        self._whitening_band = BAND
         self.memory_bytes_ = int(self.mean_.nbytes + self.whitening_.nbytes)
 
     # ----------------------------------------------------------------- scoring
     def _squared_distances(self, grids):
         """Squared Mahalanobis distances ``(n, h, w)``, in blocks of positions."""
+        self._check_whitening_layout()
         n, h, w, d = grids.shape
         flat = torch.from_numpy(grids.reshape(n, h * w, d))
         mean = torch.from_numpy(self.mean_.reshape(h * w, d))
