@@ -12,7 +12,7 @@ squared distances on 4,096 positions of d = 100, 16 images: 1.7-1.9 ms per image
 
 import torch
 
-__all__ = ["BAND", "BandedProduct", "band_layout", "banded_sq_norms", "pack_banded", "unpack_banded"]
+__all__ = ["BAND", "BandedProduct", "band_layout", "pack_banded", "unpack_banded"]
 
 BAND = 32
 
@@ -60,7 +60,7 @@ def unpack_banded(packed, d):
 
 
 class BandedProduct:
-    """Reusable buffers for :func:`banded_sq_norms` on blocks of up to ``rows`` factors."""
+    """Squared norms ``|W c|^2`` of banded factors, blocks of up to ``rows`` at a time."""
 
     def __init__(self, d, rows, dtype=torch.float32):
         self.bands = band_layout(d)
@@ -94,9 +94,3 @@ class BandedProduct:
                 out += squares
         return out
 
-
-def banded_sq_norms(packed, centred):
-    """``|W_p c|^2`` for every column of ``centred`` (``(m, d, n)``): ``(m, n)``."""
-    m, d, n = centred.shape
-    out = torch.empty((m, n), dtype=centred.dtype)
-    return BandedProduct(d, m, centred.dtype).sq_norms(packed, centred.contiguous(), out)
