@@ -3,55 +3,33 @@
 An experiment for the "uneven" tiles of MTD, which score high almost everywhere: each test
 image's patch map is shifted (or scaled) by its own median or 25th percentile before
 upsampling, and the pooled pixel AUROC and AUPRO are compared with the raw maps. PatchCore on
-EfficientNet-Lite0 features, 1 % coreset, built without its ``offset_`` pass (no ranking
-metric reads it).
+EfficientNet-Lite0 features (1 % coreset unless ``--coreset-ratio`` says otherwise), built as
+``pixel_confusion.py`` builds it, without its ``offset_`` pass (no ranking metric reads it).
 
 Example::
 
     python benchmarks/map_baseline.py --layers _blocks.4 _blocks.10 _blocks.14 --aggregation 9
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sklearn_memad import FeatureTransformer, LocalAggregation
-from sklearn_memad.datasets import load_mvtec
 from sklearn_memad.detectors._base import image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from patchcore_levers import _RankingOnlyPatchCore  # noqa: E402
-
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mtd"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pixel_confusion import patchcore_parser, test_patches  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--layers", nargs="+", default=["_blocks.4", "_blocks.10"])
-    p.add_argument("--aggregation", type=int, default=3)
-    p.add_argument("--sigma", type=float, default=4.0)
-    args = p.parse_args(argv)
-
+    args = patchcore_parser(__doc__.split("\n")[0]).parse_args(argv)
     size = (args.image_size, args.image_size)
-    train = load_mvtec(args.data, "train", image_size=size)
-    test = load_mvtec(args.data, "test", image_size=size)
-    features = FeatureTransformer(
-        backbone="efficientnet_lite0", layers=tuple(args.layers), image_size=None, random_state=0
-    )
-    aggregation = LocalAggregation(args.aggregation)
     t0 = time.perf_counter()
-    detector = _RankingOnlyPatchCore(random_state=0).fit(
-        aggregation.fit_transform(features.fit_transform(train.images))
-    )
-    patches = detector.score_patches(aggregation.transform(features.transform(test.images)))
+    test, patches = test_patches(args)
     print(f"built and scored in {time.perf_counter() - t0:.0f} s")
 
     flat = patches.reshape(len(patches), -1)

@@ -31,24 +31,27 @@ DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mtd"
 MAX_PIXELS = 400_000
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def patchcore_parser(description):
+    """Options of a PatchCore run on MTD's splits (shared with ``map_baseline.py``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--layers", nargs="+", default=["_blocks.4", "_blocks.10"])
     p.add_argument("--aggregation", type=int, default=3)
     p.add_argument("--sigma", type=float, default=4.0)
     p.add_argument("--coreset-ratio", type=float, default=0.01)
+    return p
+
+
+def parse_args(argv=None):
+    p = patchcore_parser(__doc__.split("\n")[0])
     p.add_argument("--name", default="pixel_confusion")
     return p.parse_args(argv)
 
 
-def _sample(values, rng):
-    return values if len(values) <= MAX_PIXELS else rng.choice(values, MAX_PIXELS, replace=False)
-
-
-def main(argv=None):
-    args = parse_args(argv)
+def test_patches(args):
+    """PatchCore (without its ``offset_`` pass) fitted on the training split: the test split
+    and its patch scores."""
     size = (args.image_size, args.image_size)
     train = load_mvtec(args.data, "train", image_size=size)
     test = load_mvtec(args.data, "test", image_size=size)
@@ -58,7 +61,17 @@ def main(argv=None):
     aggregation = LocalAggregation(args.aggregation)
     detector = _RankingOnlyPatchCore(coreset_ratio=args.coreset_ratio, random_state=0)
     detector.fit(aggregation.fit_transform(features.fit_transform(train.images)))
-    patches = detector.score_patches(aggregation.transform(features.transform(test.images)))
+    return test, detector.score_patches(aggregation.transform(features.transform(test.images)))
+
+
+def _sample(values, rng):
+    return values if len(values) <= MAX_PIXELS else rng.choice(values, MAX_PIXELS, replace=False)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    size = (args.image_size, args.image_size)
+    test, patches = test_patches(args)
     maps = patch_to_pixel_maps(patches, size, sigma=args.sigma)
 
     kinds, masks = test.kinds, test.masks
