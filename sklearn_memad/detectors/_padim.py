@@ -21,8 +21,9 @@ class PaDiMDetector(MemoryDetectorMixin):
     a whitening factor ``W`` of the regularised covariance ``C + reg * I`` (``W C W^T = I``,
     ``W`` lower triangular, stored packed in float32, band by band). A patch's score is its
     Mahalanobis distance ``|W (x - mean)|``. All positions are processed together: no Python
-    loop over positions. ``partial_fit`` accumulates the sufficient statistics (count, sum and sum of
-    outer products per position) chunk by chunk, so a training set need not fit in memory.
+    loop over positions. ``partial_fit`` accumulates the sufficient statistics (count, sum and
+    sum of outer products per position) chunk by chunk, so a training set need not fit in
+    memory.
 
     Parameters
     ----------
