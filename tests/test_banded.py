@@ -16,17 +16,30 @@ def _lower(m, d, seed=0):
     return torch.from_numpy(np.tril(rng.standard_normal((m, d, d)))).float()
 
 
-@pytest.mark.parametrize("d", [1, 2, BAND - 1, BAND, BAND + 1, 70, 100])
+@pytest.mark.parametrize("d", [1, 2, 3, BAND - 1, BAND, BAND + 1, 2 * BAND + 1, 70, 100])
 def test_layout_covers_the_triangle_once(d):
     bands = band_layout(d)
-    assert bands[0][0] == 0 and bands[-1][1] == d
-    stops = 0
-    for a, b, dense, diagonal in bands:
-        assert dense.start == stops and dense.stop - dense.start == (b - a) * a
-        assert diagonal.start == dense.stop
-        assert diagonal.stop - diagonal.start == (b - a) * (b - a + 1) // 2
-        stops = diagonal.stop
-    assert stops == d * (d + 1) // 2
+    assert bands[0].a == 0 and bands[-1].b == d
+    assert all(earlier.b == later.a for earlier, later in zip(bands, bands[1:]))
+    assert all(0 < band.b - band.a <= BAND for band in bands)
+    stored = torch.zeros(d * (d + 1) // 2, dtype=torch.int64)
+    for band in bands:
+        width = band.b - band.a
+        assert band.dense.stop - band.dense.start == width * band.a
+        stored[band.dense] += 1
+        window = torch.zeros(band.shape, dtype=torch.int64)
+        mask = torch.ones(width, width, dtype=torch.int64).tril()
+        window[band.rows, band.cols] += mask.T if band.transposed else mask
+        stored[band.rectangle] += window.reshape(-1)
+    # Every stored number belongs to exactly one entry of the triangle.
+    assert torch.equal(stored, torch.ones_like(stored))
+
+
+@pytest.mark.parametrize("d", [2, 3, 64, 65, 100, 129])
+def test_bands_come_in_pairs_of_nearly_equal_width(d):
+    widths = [band.b - band.a for band in band_layout(d)]
+    assert len(widths) % 2 == 0
+    assert all(0 <= first - second <= 1 for first, second in zip(widths[::2], widths[1::2]))
 
 
 @pytest.mark.parametrize("d", [1, 5, BAND, BAND + 3, 100])

@@ -212,12 +212,13 @@ def test_padim_fit_saves_only_its_model_partial_fit_keeps_its_sums(train):
 
 
 def test_padim_model_file_from_an_older_packing_is_refused(train):
-    """Before 2026-12-03 whitening_ was a row-major packed triangle: such a model file would
-    score silently wrong with the banded product, so it is refused with a clear message."""
+    """whitening_ was a row-major packed triangle before 2026-12-03, then single bands: such a
+    model file would score silently wrong with the paired bands, so it is refused clearly."""
     import pickle
 
     state = PaDiMDetector().fit(train).__getstate__()
-    state.pop("_whitening_band")
+    state.pop("_whitening_layout")
+    state["_whitening_band"] = 32  # the marker of the single-band layout
     old = PaDiMDetector()
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     with pytest.raises(ValueError, match="earlier version of sklearn_memad"):
