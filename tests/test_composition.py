@@ -5,6 +5,7 @@ import pickletools
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import joblib
 import numpy as np
@@ -186,6 +187,27 @@ def test_joblib_round_trip_in_fresh_process(name, data, tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
     np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), pipe.score_samples(X))
     np.testing.assert_array_equal(np.load(tmp_path / "maps.npy"), anomaly_maps(pipe, X))
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [PaDiMDetector(), PatchCoreDetector(random_state=0), DFKDEDetector(), LocalAggregation(3),
+     RandomProjection(4, random_state=0)],
+    ids=lambda est: type(est).__name__,
+)
+def test_read_only_grids_and_memory_mapped_models_score_without_warnings(estimator, tmp_path):
+    """joblib hands parallel workers read-only memory maps, and ``joblib.load(mmap_mode="r")``
+    gives a model read-only arrays: torch warns when it wraps one, so none may reach it."""
+    grids = np.random.default_rng(0).normal(size=(12, 4, 4, 8)).astype(np.float32)
+    grids.flags.writeable = False
+    method = "score_samples" if hasattr(estimator, "score_samples") else "transform"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = estimator.fit(grids)
+        expected = getattr(fitted, method)(grids)
+        joblib.dump(fitted, tmp_path / "model.joblib")
+        mapped = joblib.load(tmp_path / "model.joblib", mmap_mode="r")
+        np.testing.assert_array_equal(getattr(mapped, method)(grids), expected)
 
 
 def test_pipeline_memory_cache_hits_on_second_fit(data, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
+from .._tensors import read_tensor
 from .._validation import check_grid_shape, check_grids, restore_on_error
 from ._banded import BAND, LAYOUT, BandedProduct, pack_banded, unpack_banded
 from ._base import MemoryDetectorMixin, chunk_rows
@@ -110,7 +111,7 @@ class PaDiMDetector(MemoryDetectorMixin):
         flat = grids.reshape(n, h * w, d)
         # torch's float32 mean sums pairwise (as accurate here as numpy's float64 mean, which
         # took 4x longer); the model keeps float32 means anyway.
-        mean = torch.from_numpy(flat).mean(dim=0).numpy()
+        mean = read_tensor(flat).mean(dim=0).numpy()
         self.grid_shape_ = (h, w)
         self.n_samples_seen_ = n
         whitening = np.empty((h * w, d * (d + 1) // 2), dtype=np.float32)
@@ -122,7 +123,7 @@ class PaDiMDetector(MemoryDetectorMixin):
                 stop = min(start + step, h * w)
                 # Centred data is summed in float32 (twice as fast; distances within 1e-5 of a
                 # float64 sum on resnet18 features) and factorised in float64.
-                block = torch.from_numpy(flat[:, start:stop]).transpose(0, 1)
+                block = read_tensor(flat[:, start:stop]).transpose(0, 1)
                 centred = block - torch.from_numpy(mean[start:stop])[:, None, :]
                 scatter = torch.bmm(centred.transpose(1, 2), centred).double()
                 whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
@@ -183,7 +184,7 @@ class PaDiMDetector(MemoryDetectorMixin):
         mean = self.mean_.reshape(-1, self.mean_.shape[-1]).astype(np.float64)
         d = mean.shape[1]
         with torch.inference_mode():
-            factor = unpack_banded(torch.from_numpy(self.whitening_).double(), d)
+            factor = unpack_banded(read_tensor(self.whitening_).double(), d)
             # C = (W^T W)^-1 for the whitening factor W.
             lower = torch.linalg.inv(factor)
             cov = torch.bmm(lower, lower.transpose(1, 2)).numpy()
@@ -202,7 +203,7 @@ class PaDiMDetector(MemoryDetectorMixin):
         with torch.inference_mode():
             for start in range(0, n, step):
                 # (positions, images, d): one batched product X^T X per position.
-                chunk = torch.from_numpy(grids[start : start + step].reshape(-1, h * w, d))
+                chunk = read_tensor(grids[start : start + step].reshape(-1, h * w, d))
                 chunk = chunk.transpose(0, 1).double()
                 outer.baddbmm_(chunk.transpose(1, 2), chunk)
         self._moments = (total, outer.numpy())
@@ -249,9 +250,9 @@ class PaDiMDetector(MemoryDetectorMixin):
         """Squared Mahalanobis distances ``(n, h, w)``, in blocks of positions."""
         self._check_whitening_layout()
         n, h, w, d = grids.shape
-        flat = torch.from_numpy(grids.reshape(n, h * w, d))
-        mean = torch.from_numpy(self.mean_.reshape(h * w, d))
-        packed = torch.from_numpy(self.whitening_)
+        flat = read_tensor(grids.reshape(n, h * w, d))
+        mean = read_tensor(self.mean_.reshape(h * w, d))
+        packed = read_tensor(self.whitening_)
         out = torch.empty((h * w, n), dtype=torch.float32)
         # A block's residuals and unpacked diagonal tiles within 8 MiB (the factors are read
         # once, as stored): 4,096 positions of d = 100, 16 images, interleaved min / median
