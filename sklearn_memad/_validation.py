@@ -9,7 +9,12 @@ import numbers
 from contextlib import contextmanager
 
 import numpy as np
+import torch
+from sklearn import get_config
+from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import check_array, validate_data
+
+from ._tensors import read_tensor
 
 __all__ = [
     "as_input_grids",
@@ -77,13 +82,14 @@ def check_grids(estimator, X, *, reset, name="X"):
         ndim = np.asarray(X, dtype=object).ndim if not hasattr(X, "iloc") else 2
     if ndim == 2:
         # scikit-learn's own path: feature names, n_features_in_, messages its checks expect.
-        X2 = validate_data(
-            estimator,
-            X,
-            reset=reset,
-            dtype=[np.float32, np.float64],
-            ensure_min_samples=1,
-        )
+        with np.errstate(over="ignore"):
+            X2 = validate_data(
+                estimator,
+                X,
+                reset=reset,
+                dtype=np.float32,  # converted before its finiteness check, as the grids below
+                ensure_min_samples=1,
+            )
         grids = np.ascontiguousarray(X2, dtype=np.float32)
         return grids.reshape(grids.shape[0], 1, 1, grids.shape[1]), True
     if ndim != 4:
@@ -102,8 +108,14 @@ def check_grids(estimator, X, *, reset, name="X"):
         allow_nd=True,
         dtype=[np.float32, np.float64],
         ensure_min_samples=1,
+        ensure_all_finite=False,
         input_name=name,
     )
+    # Checked once in float32, the models' dtype: a float64 value beyond its range is refused
+    # rather than turned into infinity (so the cast's overflow warning would say nothing more).
+    with np.errstate(over="ignore"):
+        grids = np.ascontiguousarray(grids, dtype=np.float32)
+    _check_finite(grids, name)
     if min(grids.shape[1:]) < 1:
         raise ValueError(f"{name} has an empty grid: shape {grids.shape}; expected h, w, d >= 1.")
     d = grids.shape[-1]
@@ -118,7 +130,24 @@ def check_grids(estimator, X, *, reset, name="X"):
                 f"{name} has {d} features (last axis d), but {type(estimator).__name__} "
                 f"is expecting {expected} features as input."
             )
-    return np.ascontiguousarray(grids, dtype=np.float32), False
+    return grids, False
+
+
+def _check_finite(array, name):
+    """scikit-learn's finiteness check, with its first pass (one sum) summed by torch.
+
+    The sum is the whole cost of the check on large grids: torch's threads take it in a
+    third of numpy's time (16 grids of 64 x 64 x 100: 1.0-1.4 against 3.4-3.7 ms). Only when
+    the sum is not finite (a NaN or infinity, or an overflow) does scikit-learn look at
+    every element, and raise with its usual message.
+    """
+    if get_config()["assume_finite"]:
+        return
+    with torch.inference_mode():
+        if bool(torch.isfinite(read_tensor(array).sum())):
+            return
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert_all_finite(array, input_name=name)
 
 
 def check_grid_shape(estimator, grids, fitted_shape, name="X"):

@@ -149,3 +149,35 @@ def test_anomaly_maps_bad_arguments():
         anomaly_maps(est, _grids(2), sigma=-1.0, output_size=(8, 8))
     with pytest.raises(TypeError, match="got LocalAggregation as the final step"):
         anomaly_maps(LocalAggregation().fit(_grids()), _grids(2), output_size=(8, 8))
+
+
+def test_finiteness_check_accepts_large_values_whose_sum_overflows():
+    """The check's first pass is one sum: an overflow to infinity must not be taken for one."""
+    from sklearn_memad._validation import check_grids
+
+    big = np.full((4, 2, 2, 3), np.finfo(np.float32).max / 2, dtype=np.float32)
+    grids, _ = check_grids(RandomProjection(n_components=2), big, reset=True)
+    assert np.isfinite(grids).all()
+    big[0, 0, 0, 0] = -np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        check_grids(RandomProjection(n_components=2), big, reset=True)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 2, 3), (4, 3)])
+def test_float64_values_beyond_float32_are_refused_not_made_infinite(shape):
+    """The models work in float32: 1e300 would become infinity there, so it is refused."""
+    X = np.ones(shape)
+    X[1] = 1e300
+    with pytest.raises(ValueError, match="infinity or a value too large for dtype\\('float32'\\)"):
+        PaDiMDetector().fit(X)
+
+
+def test_finiteness_check_follows_scikit_learns_assume_finite():
+    from sklearn import config_context
+
+    from sklearn_memad._validation import check_grids
+
+    X, _ = BAD["nan"]
+    with config_context(assume_finite=True):
+        grids, _ = check_grids(LocalAggregation(), X, reset=True)
+    assert np.isnan(grids).any()
