@@ -74,3 +74,15 @@ def test_reused_buffers_give_the_same_norms_on_a_smaller_block():
     full = product.sq_norms(packed, centred, torch.empty(8, n)).clone()
     part = product.sq_norms(packed[:3], centred[:3].contiguous(), torch.empty(3, n))
     np.testing.assert_allclose(part.numpy(), full[:3].numpy(), rtol=1e-6)
+
+
+def test_a_permuted_view_of_the_residuals_gives_the_same_norms():
+    """PaDiM passes its (n, m, d) residuals permuted to (m, d, n), without a copy."""
+    d, n, m = 70, 5, 9
+    factors = _lower(m, d, seed=5)
+    residuals = torch.randn(n, m, d, generator=torch.Generator().manual_seed(6))
+    product = BandedProduct(d, m)
+    packed = pack_banded(factors)
+    viewed = product.sq_norms(packed, residuals.permute(1, 2, 0), torch.empty(m, n)).clone()
+    copied = product.sq_norms(packed, residuals.permute(1, 2, 0).contiguous(), torch.empty(m, n))
+    np.testing.assert_allclose(viewed.numpy(), copied.numpy(), rtol=1e-6)

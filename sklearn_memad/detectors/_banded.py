@@ -115,7 +115,8 @@ class BandedProduct:
     def sq_norms(self, packed, centred, out):
         """``out[p, j] = |W_p centred[p, :, j]|^2`` for the banded ``packed`` factors.
 
-        ``packed`` is ``(m, d (d + 1) / 2)``, ``centred`` ``(m, d, n)`` contiguous and
+        ``packed`` is ``(m, d (d + 1) / 2)``, ``centred`` ``(m, d, n)`` (a permuted view
+        of ``(n, m, d)`` residuals is read as a transposed operand, without a copy) and
         ``out`` ``(m, n)``.
         """
         m = packed.shape[0]
