@@ -128,7 +128,8 @@ def build_pipeline(args, detector):
         steps = [PaDiMDetector(top_k=args.top_k)]
     elif detector == "patchcore":
         steps = [
-            LocalAggregation(args.aggregation),
+            # In place, as sklearn_memad.pipelines builds it: the grids are the pipeline's own.
+            LocalAggregation(args.aggregation, copy=False),
             PatchCoreDetector(
                 coreset_ratio=args.coreset_ratio,
                 n_neighbors=args.n_neighbors,

@@ -180,7 +180,9 @@ def make_detector_pipeline(
         verbose=verbose,
     )
     if method == "patchcore":
-        middle = LocalAggregation(size=3)
+        # In place: the feature step's grids are the pipeline's own, and holding them
+        # twice was the peak of PatchCore's fit.
+        middle = LocalAggregation(size=3, copy=False)
         detector = PatchCoreDetector(
             coreset_ratio=coreset_ratio,
             n_neighbors=n_neighbors,

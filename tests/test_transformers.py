@@ -37,6 +37,38 @@ def test_local_aggregation_2d_round_trip():
     np.testing.assert_allclose(out, X, rtol=1e-6)
 
 
+def test_local_aggregation_in_place_overwrites_a_writable_input_and_spares_the_rest():
+    X = np.random.default_rng(3).normal(size=(7, 5, 6, 4)).astype(np.float32)
+    expected = LocalAggregation(size=3).fit_transform(X.copy())
+    # copy=True (the default) leaves the input as it was.
+    before = X.copy()
+    LocalAggregation(size=3).fit_transform(X)
+    np.testing.assert_array_equal(X, before)
+    # copy=False writes the result over a writable float32 input, chunk by chunk.
+    out = LocalAggregation(size=3, copy=False).fit_transform(X)
+    assert out is X
+    np.testing.assert_array_equal(out, expected)
+    # A read-only input, or one that check_grids must convert, is never written to.
+    frozen = before.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(LocalAggregation(size=3, copy=False).fit_transform(frozen), expected)
+    np.testing.assert_array_equal(frozen, before)
+    as_float64 = before.astype(np.float64)
+    aggregated = LocalAggregation(size=3, copy=False).fit(before).transform(as_float64)
+    np.testing.assert_allclose(aggregated, expected, rtol=1e-6)
+    np.testing.assert_array_equal(as_float64, before.astype(np.float64))
+
+
+def test_local_aggregation_chunks_give_the_same_grids(monkeypatch):
+    """Images are aggregated a few at a time; the chunk size must not change a number."""
+    import sklearn_memad.transformers._aggregation as aggregation
+
+    X = np.random.default_rng(4).normal(size=(9, 6, 5, 3)).astype(np.float32)
+    whole = LocalAggregation(size=5).fit_transform(X)
+    monkeypatch.setattr(aggregation, "_CHUNK_BYTES", 2 * 6 * 5 * 3 * 4)  # two images a chunk
+    np.testing.assert_array_equal(LocalAggregation(size=5).fit_transform(X), whole)
+
+
 @pytest.mark.parametrize("method", ["gaussian", "sparse", "channels"])
 def test_random_projection_shapes_and_reproducibility(method):
     X = _grids(d=40)

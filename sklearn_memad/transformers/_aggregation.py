@@ -9,7 +9,11 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from .._tensors import read_tensor
 from .._validation import check_grids, restore_on_error
+
+# Work memory of one chunk of images.
+_CHUNK_BYTES = 16 << 20
 
 
 class LocalAggregation(TransformerMixin, BaseEstimator):
@@ -22,6 +26,10 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
     ----------
     size : int, default=3
         Side of the square neighbourhood, an odd number >= 1 (1 is the identity).
+    copy : bool, default=True
+        If False, aggregate in place when the grids are a writable float32 C-contiguous
+        array (a pipeline's intermediate grids are): the input is overwritten and returned,
+        so memory holds one grid set instead of two. Otherwise a new array is returned.
 
     Attributes
     ----------
@@ -42,10 +50,14 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
     (2, 4, 4, 3)
     """
 
-    _parameter_constraints: dict = {"size": [Interval(Integral, 1, None, closed="left")]}
+    _parameter_constraints: dict = {
+        "size": [Interval(Integral, 1, None, closed="left")],
+        "copy": ["boolean"],
+    }
 
-    def __init__(self, size=3):
+    def __init__(self, size=3, copy=True):
         self.size = size
+        self.copy = copy
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -110,20 +122,27 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         return self._aggregate(*check_grids(self, X, reset=False))
 
     def _aggregate(self, grids, was_2d):
-        if self.size > 1 and grids.shape[1] * grids.shape[2] > 1:
-            # (n, h, w, d) viewed as NCHW in channels-last layout: no copy in or out.
-            # count_include_pad=False: the mean of the existing neighbours at the border.
+        n, h, w, d = grids.shape
+        if self.size > 1 and h * w > 1:
+            # Images are aggregated independently, a few at a time, so the result can be
+            # written over the input (copy=False) with one chunk of work memory.
+            out = grids if not self.copy and grids.flags.writeable else np.empty_like(grids)
+            step = max(1, _CHUNK_BYTES // (h * w * d * grids.itemsize))
             with torch.inference_mode():
-                pooled = F.avg_pool2d(
-                    torch.from_numpy(grids).permute(0, 3, 1, 2),
-                    self.size,
-                    stride=1,
-                    padding=self.size // 2,
-                    count_include_pad=False,
-                )
-                grids = pooled.permute(0, 2, 3, 1).contiguous().numpy()
-        grids = grids.astype(np.float32, copy=False)
-        return grids.reshape(grids.shape[0], -1) if was_2d else grids
+                source, target = read_tensor(grids), torch.from_numpy(out)
+                for start in range(0, n, step):
+                    # (n, h, w, d) viewed as NCHW in channels-last layout: no copy in or out.
+                    # count_include_pad=False: the mean of the existing neighbours at the border.
+                    pooled = F.avg_pool2d(
+                        source[start : start + step].permute(0, 3, 1, 2),
+                        self.size,
+                        stride=1,
+                        padding=self.size // 2,
+                        count_include_pad=False,
+                    )
+                    target[start : start + step].copy_(pooled.permute(0, 2, 3, 1))
+            grids = out
+        return grids.reshape(n, -1) if was_2d else grids
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
