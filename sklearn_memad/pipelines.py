@@ -7,7 +7,7 @@ examples and the benchmarks share, so a setting is chosen in one place:
 method     steps
 =========  ==========================================================================
 padim      FeatureTransformer(max_features=100) -> PaDiMDetector
-patchcore  FeatureTransformer -> LocalAggregation(3) -> PatchCoreDetector
+patchcore  FeatureTransformer -> LocalAggregation(3, in place) -> PatchCoreDetector
 dfkde      FeatureTransformer -> RandomProjection(16, "gaussian") -> DFKDEDetector
 =========  ==========================================================================
 
