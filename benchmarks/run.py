@@ -128,8 +128,7 @@ def build_pipeline(args, detector):
         steps = [PaDiMDetector(top_k=args.top_k)]
     elif detector == "patchcore":
         steps = [
-            # In place, as sklearn_memad.pipelines builds it: the grids are the pipeline's own.
-            LocalAggregation(args.aggregation, copy=False),
+            LocalAggregation(args.aggregation),
             PatchCoreDetector(
                 coreset_ratio=args.coreset_ratio,
                 n_neighbors=args.n_neighbors,

@@ -7,7 +7,7 @@ examples and the benchmarks share, so a setting is chosen in one place:
 method     steps
 =========  ==========================================================================
 padim      FeatureTransformer(max_features=100) -> PaDiMDetector
-patchcore  FeatureTransformer -> LocalAggregation(3, in place) -> PatchCoreDetector
+patchcore  FeatureTransformer -> LocalAggregation(3) -> PatchCoreDetector
 dfkde      FeatureTransformer -> RandomProjection(16, "gaussian") -> DFKDEDetector
 =========  ==========================================================================
 
@@ -180,9 +180,9 @@ def make_detector_pipeline(
         verbose=verbose,
     )
     if method == "patchcore":
-        # In place: the feature step's grids are the pipeline's own, and holding them
-        # twice was the peak of PatchCore's fit.
-        middle = LocalAggregation(size=3, copy=False)
+        # Not in place (copy=False): a sub-pipeline fitted on shared grids, as the demo does
+        # with pipe[1:], would overwrite the grids the other detectors then read.
+        middle = LocalAggregation(size=3)
         detector = PatchCoreDetector(
             coreset_ratio=coreset_ratio,
             n_neighbors=n_neighbors,

@@ -210,6 +210,21 @@ def test_read_only_grids_and_memory_mapped_models_score_without_warnings(estimat
         np.testing.assert_array_equal(getattr(mapped, method)(grids), expected)
 
 
+@pytest.mark.parametrize("method", ["patchcore", "padim", "dfkde"])
+def test_standard_sub_pipelines_leave_shared_grids_as_they_were(method):
+    """The demo fits ``pipe[1:]`` of every standard pipeline on one shared set of grids: no
+    step may write over them (an in-place aggregation once did, changing the others' input)."""
+    from sklearn_memad.pipelines import make_detector_pipeline
+
+    grids = np.random.default_rng(0).normal(size=(12, 4, 4, 8)).astype(np.float32)
+    before = grids.copy()
+    head = make_detector_pipeline(method, weights=None, random_state=0)[1:]
+    if method == "dfkde":
+        head.set_params(randomprojection__n_components=4)
+    head.fit(grids).score_samples(grids)
+    np.testing.assert_array_equal(grids, before)
+
+
 def test_pipeline_memory_cache_hits_on_second_fit(data, tmp_path, monkeypatch):
     train = data[0]
     calls = []
