@@ -44,6 +44,8 @@ def parse_args(argv=None):
 
 
 def _rss(field="VmRSS"):
+    # anomalib_peer._status_bytes reads the same field, but importing that module imports
+    # torch, and the worker's first reading must come before torch.
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith(field + ":"):

@@ -13,6 +13,7 @@ library can be compared on the step itself, interleaved in time (the machine's s
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,11 +52,7 @@ def worker(args):
 def run_worker(args, checkout):
     cmd = [sys.executable, __file__, "--worker", "--grid", *map(str, args.grid), "--n-train",
            str(args.n_train), "--batch", str(args.batch), "--repeats", str(args.repeats)]
-    env = None
-    if checkout is not None:
-        import os
-
-        env = dict(os.environ, PYTHONPATH=checkout)
+    env = None if checkout is None else dict(os.environ, PYTHONPATH=checkout)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
