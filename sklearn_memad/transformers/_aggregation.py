@@ -28,8 +28,9 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         Side of the square neighbourhood, an odd number >= 1 (1 is the identity).
     copy : bool, default=True
         If False, aggregate in place when the grids are a writable float32 C-contiguous
-        array (a pipeline's intermediate grids are): the input is overwritten and returned,
-        so memory holds one grid set instead of two. Otherwise a new array is returned.
+        array: the input is overwritten and returned, so memory holds one grid set instead
+        of two. Only for grids nothing else reads (not grids shared by several detectors).
+        Otherwise a new array is returned.
 
     Attributes
     ----------
