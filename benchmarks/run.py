@@ -65,6 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--coreset-ratio", type=float, default=0.01)
     p.add_argument("--n-neighbors", type=int, default=1, help="our PatchCore's neighbours")
     p.add_argument(
+        "--search", choices=["exact", "approximate"], default="exact",
+        help="our PatchCore's neighbour search (approximate: pynndescent; scores change)",
+    )
+    p.add_argument(
         "--peer-n-neighbors", type=int, default=9,
         help="anomalib's num_neighbors (its patch scores are 1-NN; this is its re-weighting set)",
     )
@@ -132,6 +136,7 @@ def build_pipeline(args, detector):
             PatchCoreDetector(
                 coreset_ratio=args.coreset_ratio,
                 n_neighbors=args.n_neighbors,
+                search=args.search,
                 top_k=args.top_k,
                 random_state=0,
             ),
@@ -316,7 +321,7 @@ def _forwarded(args):
     out = ["--backbone", args.backbone, "--weights", args.weights, "--batch-size",
            str(args.batch_size), "--score-repeats", str(args.score_repeats), "--coreset-ratio",
            str(args.coreset_ratio), "--n-neighbors", str(args.n_neighbors),
-           "--padim-components", str(args.padim_components),
+           "--search", args.search, "--padim-components", str(args.padim_components),
            "--dfkde-components", str(args.dfkde_components),
            "--aggregation", str(args.aggregation), "--top-k", str(args.top_k)]
     if args.layers:
