@@ -33,6 +33,15 @@ import run  # noqa: E402
 from anomalib_peer import Phase  # noqa: E402
 
 _PAGE = 4096
+_DETECTOR_STEPS = ("_fit_memory", "_out_of_sample_patch_scores", "_score_patches")
+_LABELLED = {
+    "FeatureTransformer": ("fit", "transform"),
+    "LocalAggregation": ("fit_transform", "transform"),
+    "RandomProjection": ("transform",),
+    "PaDiMDetector": _DETECTOR_STEPS,
+    "PatchCoreDetector": _DETECTOR_STEPS,
+    "DFKDEDetector": _DETECTOR_STEPS,
+}
 
 
 def _rss_bytes():
@@ -111,14 +120,7 @@ def main(argv=None):
     ours, args = parse_args(argv)
     import torchvision.models  # noqa: F401  (imports before any measurement, as in run.py)
 
-    from sklearn_memad import (
-        DFKDEDetector,
-        FeatureTransformer,
-        LocalAggregation,
-        PaDiMDetector,
-        PatchCoreDetector,
-        RandomProjection,
-    )
+    import sklearn_memad
     from sklearn_memad.detectors._base import MemoryDetectorMixin
     from sklearn_memad.maps import patch_to_pixel_maps
 
@@ -127,20 +129,14 @@ def main(argv=None):
         train = np.load(Path(tmp) / "train.npy")
         test = np.load(Path(tmp) / "test.npy")
 
+    # The estimators whose methods are labelled (and may be trimmed after), by class name.
+    classes = {name: getattr(sklearn_memad, name) for name in _LABELLED}
     sampler = StepSampler()
-    sampler.label(FeatureTransformer, "fit", "FeatureTransformer.fit")
-    sampler.label(FeatureTransformer, "transform", "FeatureTransformer.transform")
-    sampler.label(LocalAggregation, "fit_transform", "LocalAggregation.fit_transform")
-    sampler.label(LocalAggregation, "transform", "LocalAggregation.transform")
-    sampler.label(RandomProjection, "transform", "RandomProjection.transform")
-    for detector in (PaDiMDetector, PatchCoreDetector, DFKDEDetector):
-        for method in ("_fit_memory", "_out_of_sample_patch_scores", "_score_patches"):
-            sampler.label(detector, method, f"{detector.__name__}.{method}")
+    for name, methods in _LABELLED.items():
+        for method in methods:
+            sampler.label(classes[name], method, f"{name}.{method}")
     sampler.label(MemoryDetectorMixin, "_validated_training_grids", "detector: validation")
     sampler.label(MemoryDetectorMixin, "_calibrate", "detector: calibration")
-    classes = {cls.__name__: cls for cls in (FeatureTransformer, LocalAggregation,
-                                             RandomProjection, PaDiMDetector,
-                                             PatchCoreDetector, DFKDEDetector)}
     for where in ours.trim:
         owner, name = where.split(".")
         _trim_after(classes[owner], name)
@@ -148,7 +144,7 @@ def main(argv=None):
     pipe = run.build_pipeline(args, ours.detector)
     if ours.in_place:
         for _, step in pipe.steps:
-            if isinstance(step, LocalAggregation):
+            if isinstance(step, sklearn_memad.LocalAggregation):
                 step.set_params(copy=False)
     features, rest = pipe[0], pipe[1:]
     if ours.prebuild:
