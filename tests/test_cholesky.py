@@ -35,3 +35,18 @@ def test_inverse_cholesky_rejects_a_matrix_that_is_not_positive_definite():
     cov[1, 35, 35] = -1.0  # in the second half: the Schur complement's factorisation fails
     with pytest.raises(torch.linalg.LinAlgError):
         inverse_cholesky(cov)
+
+
+def test_inverse_cholesky_float32_corner_matches_the_float64_factor_to_float32_rounding():
+    cov = _spd(6, 100, seed=2)
+    full = inverse_cholesky(cov)
+    cornered = inverse_cholesky(cov, corner_dtype=torch.float32)
+    assert cornered.dtype == torch.float64
+    k = 50
+    # Every block but the outermost lower-left one is computed exactly as before.
+    np.testing.assert_array_equal(cornered[:, :k].numpy(), full[:, :k].numpy())
+    np.testing.assert_array_equal(cornered[:, k:, k:].numpy(), full[:, k:, k:].numpy())
+    corner, reference = cornered[:, k:, :k].numpy(), full[:, k:, :k].numpy()
+    assert not np.array_equal(corner, reference)  # the float32 product did run
+    tolerance = 1e-5 * np.abs(reference).max()
+    np.testing.assert_allclose(corner, reference, atol=tolerance)

@@ -228,8 +228,11 @@ class PaDiMDetector(MemoryDetectorMixin):
     def _packed_whitening(self, cov):
         """Banded packed lower triangle of ``W = L^-1`` (``C + reg I = L L^T``), float32."""
         cov.diagonal(dim1=1, dim2=2).add_(self.reg)
-        # The factorisation needs float64 (C's condition number).
-        return pack_banded(inverse_cholesky(cov).float()).numpy()
+        # The factorisation needs float64 (C's condition number); the outermost corner, kept
+        # in float32 like the rest of W, is multiplied in float32: distances as accurate
+        # (largest relative error against a float64 fit 1.69e-5 both ways, resnet18 grids).
+        factor = inverse_cholesky(cov, corner_dtype=torch.float32)
+        return pack_banded(factor.float()).numpy()
 
     def _check_whitening_layout(self):
         # A model file written with another packing of whitening_ would score silently wrong.
