@@ -229,8 +229,8 @@ class PaDiMDetector(MemoryDetectorMixin):
         """Banded packed lower triangle of ``W = L^-1`` (``C + reg I = L L^T``), float32."""
         cov.diagonal(dim1=1, dim2=2).add_(self.reg)
         # The factorisation needs float64 (C's condition number); the outermost corner, kept
-        # in float32 like the rest of W, is multiplied in float32: distances as accurate
-        # (largest relative error against a float64 fit 1.69e-5 both ways, resnet18 grids).
+        # in float32 like the rest of W, is multiplied in float32: distances as accurate as
+        # with a float64 corner (docs/benchmarks.md, "What moved the numbers on 2026-12-04").
         factor = inverse_cholesky(cov, corner_dtype=torch.float32)
         return pack_banded(factor.float()).numpy()
 
