@@ -121,14 +121,21 @@ class Timer:
         self.calls += 1
 
 
-def tensor_table(module: torch.nn.Module, skip_prefix=("feature_extractor.", "anomaly_map_generator.", "feature_pooler.")) -> dict:
+def tensor_table(
+    module: torch.nn.Module,
+    skip_prefix=("feature_extractor.", "anomaly_map_generator.", "feature_pooler."),
+) -> dict:
     """Buffers (and parameters) of ``module`` outside the backbone and the map smoothing: the fitted memory."""
     table = {}
     items = list(module.named_buffers()) + list(module.named_parameters())
     for name, t in items:
         if name.startswith(tuple(skip_prefix)) or not isinstance(t, torch.Tensor):
             continue
-        table[name] = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), "bytes": int(t.numel() * t.element_size())}
+        table[name] = {
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).replace("torch.", ""),
+            "bytes": int(t.numel() * t.element_size()),
+        }
     return table
 
 
@@ -166,7 +173,9 @@ def batches(n: int, size: int):
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed)  # KCenterGreedy's SparseRandomProjection draws via sklearn with random_state=None
+    np.random.seed(
+        seed
+    )  # KCenterGreedy's SparseRandomProjection draws via sklearn with random_state=None
     random.seed(seed)
 
 
@@ -183,9 +192,19 @@ def import_models():
 def build_model(args):
     DfkdeModel, PadimModel, PatchcoreModel = import_models()
     if args.model == "padim":
-        return PadimModel(backbone=args.backbone, layers=list(args.layers), pre_trained=args.pretrained, n_features=args.n_features)
+        return PadimModel(
+            backbone=args.backbone,
+            layers=list(args.layers),
+            pre_trained=args.pretrained,
+            n_features=args.n_features,
+        )
     if args.model == "patchcore":
-        return PatchcoreModel(layers=list(args.layers), backbone=args.backbone, pre_trained=args.pretrained, num_neighbors=args.n_neighbors)
+        return PatchcoreModel(
+            layers=list(args.layers),
+            backbone=args.backbone,
+            pre_trained=args.pretrained,
+            num_neighbors=args.n_neighbors,
+        )
     model = DfkdeModel(
         backbone=args.backbone,
         layers=list(args.layers),
@@ -203,7 +222,9 @@ def dfkde_channel_concat(model):
     def get_features(batch: torch.Tensor) -> torch.Tensor:
         model.feature_extractor.eval()
         layer_outputs = model.feature_extractor(batch)
-        pooled = [F.adaptive_avg_pool2d(v, output_size=(1, 1)).flatten(1) for v in layer_outputs.values()]
+        pooled = [
+            F.adaptive_avg_pool2d(v, output_size=(1, 1)).flatten(1) for v in layer_outputs.values()
+        ]
         return torch.cat(pooled, dim=1).detach()
 
     model.get_features = get_features
@@ -272,7 +293,9 @@ def run_images(args, res: dict) -> dict:
     train = load_images(args.train)
     test = load_images(args.test)
     if train.shape[1:] != test.shape[1:]:
-        raise ValueError(f"train images {train.shape[1:]} and test images {test.shape[1:]} differ in size")
+        raise ValueError(
+            f"train images {train.shape[1:]} and test images {test.shape[1:]} differ in size"
+        )
     H, W = train.shape[1:3]
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -286,8 +309,10 @@ def run_images(args, res: dict) -> dict:
     notes = res["notes"]
     if args.model == "dfkde" and len(args.layers) > 1:
         dfkde_channel_concat(model)
-        notes.append("dfkde: pooled layers concatenated along channels (peer fix); anomalib 2.7 "
-                     "DfkdeModel.get_features uses torch.cat(dim=0), which fails for layers of different widths")
+        notes.append(
+            "dfkde: pooled layers concatenated along channels (peer fix); anomalib 2.7 "
+            "DfkdeModel.get_features uses torch.cat(dim=0), which fails for layers of different widths"
+        )
     probe = CoresetProbe() if args.model == "patchcore" else None
     backbone_timer = Timer(model.feature_extractor)
 
@@ -305,7 +330,9 @@ def run_images(args, res: dict) -> dict:
 
         gen.compute_distance = compute_distance
     elif args.model == "patchcore":
-        model.anomaly_map_generator.register_forward_pre_hook(lambda m, a: patch_maps.add(a[0][:, 0]))
+        model.anomaly_map_generator.register_forward_pre_hook(
+            lambda m, a: patch_maps.add(a[0][:, 0])
+        )
     else:
         clf = model.classifier
         orig_prob = clf.compute_probabilities
@@ -327,9 +354,13 @@ def run_images(args, res: dict) -> dict:
             e0 = model.memory_bank[0]
             res["grid_shape"] = [int(e0.shape[2]), int(e0.shape[3])]
             res["embedding_dim"] = int(e0.shape[1])
-            res["n_train_patches"] = int(sum(e.shape[0] for e in model.memory_bank) * e0.shape[2] * e0.shape[3])
+            res["n_train_patches"] = int(
+                sum(e.shape[0] for e in model.memory_bank) * e0.shape[2] * e0.shape[3]
+            )
         else:
-            res["n_train_patches"] = int(sum(e.shape[0] for e in model.memory_bank))  # one vector per image
+            res["n_train_patches"] = int(
+                sum(e.shape[0] for e in model.memory_bank)
+            )  # one vector per image
             res["embedding_dim"] = int(model.memory_bank[0].shape[1])
         t0 = time.perf_counter()
         if args.model == "patchcore":
@@ -410,9 +441,21 @@ def run_features(args, res: dict) -> dict:
     if test.shape[-1] != d:
         raise ValueError(f"train features d={d} and test features d={test.shape[-1]} differ")
     if args.model in ("padim",) and test.shape[1:3] != (h, w):
-        raise ValueError(f"padim needs the same grid for train {train.shape[1:3]} and test {test.shape[1:3]}")
-    map_size = tuple(args.map_size) if args.map_size else (h * LAYER_STRIDE.get(args.layers[0], 8), w * LAYER_STRIDE.get(args.layers[0], 8))
-    res.update(n_train=int(n), n_test=int(len(test)), grid_shape=[int(h), int(w)], embedding_dim=int(d), map_size=list(map_size))
+        raise ValueError(
+            f"padim needs the same grid for train {train.shape[1:3]} and test {test.shape[1:3]}"
+        )
+    map_size = (
+        tuple(args.map_size)
+        if args.map_size
+        else (h * LAYER_STRIDE.get(args.layers[0], 8), w * LAYER_STRIDE.get(args.layers[0], 8))
+    )
+    res.update(
+        n_train=int(n),
+        n_test=int(len(test)),
+        grid_shape=[int(h), int(w)],
+        embedding_dim=int(d),
+        map_size=list(map_size),
+    )
     notes = res["notes"]
 
     def nchw(a: np.ndarray) -> torch.Tensor:
@@ -437,11 +480,22 @@ def run_features(args, res: dict) -> dict:
                 patch.append(dist[:, 0])
                 amap.append(a[:, 0])
                 img.append(torch.amax(a, dim=(-2, -1)).reshape(-1))
-        out.update(patch_maps=torch.cat(patch).numpy(), anomaly_maps=torch.cat(amap).numpy(), image_scores=torch.cat(img).numpy())
-        notes.append("features mode padim: all d channels used (no random channel pick); image score = max of the "
-                     "bilinear-upsampled, sigma-4 blurred map at map_size, as PadimModel.forward does")
+        out.update(
+            patch_maps=torch.cat(patch).numpy(),
+            anomaly_maps=torch.cat(amap).numpy(),
+            image_scores=torch.cat(img).numpy(),
+        )
+        notes.append(
+            "features mode padim: all d channels used (no random channel pick); image score = max of the "
+            "bilinear-upsampled, sigma-4 blurred map at map_size, as PadimModel.forward does"
+        )
     elif args.model == "patchcore":
-        model = PatchcoreModel(layers=list(args.layers), backbone=args.backbone, pre_trained=False, num_neighbors=args.n_neighbors)
+        model = PatchcoreModel(
+            layers=list(args.layers),
+            backbone=args.backbone,
+            pre_trained=False,
+            num_neighbors=args.n_neighbors,
+        )
         del model.feature_extractor  # not used in this mode
         res["rss_baseline_bytes"] = _status_bytes("VmRSS")
         with Phase() as fit_phase:
@@ -474,10 +528,23 @@ def run_features(args, res: dict) -> dict:
                 ps = ps.reshape((b, 1, gh, gw))
                 patch.append(ps[:, 0])
                 amap.append(model.anomaly_map_generator(ps, map_size)[:, 0])
-        out.update(patch_maps=torch.cat(patch).numpy(), anomaly_maps=torch.cat(amap).numpy(), image_scores=torch.cat(img).numpy())
-        notes.append("features mode patchcore: grids fed as given" + (" after anomalib's AvgPool2d(3,1,1)" if args.pool else " (no 3x3 pooling; pass --pool for anomalib's)"))
+        out.update(
+            patch_maps=torch.cat(patch).numpy(),
+            anomaly_maps=torch.cat(amap).numpy(),
+            image_scores=torch.cat(img).numpy(),
+        )
+        notes.append(
+            "features mode patchcore: grids fed as given"
+            + (
+                " after anomalib's AvgPool2d(3,1,1)"
+                if args.pool
+                else " (no 3x3 pooling; pass --pool for anomalib's)"
+            )
+        )
     else:
-        clf = KDEClassifier(n_pca_components=args.n_pca_components, max_training_points=args.max_training_points)
+        clf = KDEClassifier(
+            n_pca_components=args.n_pca_components, max_training_points=args.max_training_points
+        )
         res["rss_baseline_bytes"] = _status_bytes("VmRSS")
         with Phase() as fit_phase:
             # DfkdeModel.get_features: adaptive_avg_pool2d(1) per image -> one d-vector per image
@@ -493,7 +560,9 @@ def run_features(args, res: dict) -> dict:
             for sl in batches(len(test), args.batch_size):
                 img.append(clf(torch.from_numpy(test[sl].mean(axis=(1, 2)))))
         out.update(image_scores=torch.cat(img).numpy(), log_likelihood=cap.array())
-        notes.append("features mode dfkde: grids averaged over (h, w) per image (anomalib's DFKDE is image-level, no maps)")
+        notes.append(
+            "features mode dfkde: grids averaged over (h, w) per image (anomalib's DFKDE is image-level, no maps)"
+        )
 
     res["fit_feature_seconds"] = 0.0
     res["fit_memory_seconds"] = fit_phase.seconds
@@ -523,30 +592,77 @@ def parse_bool(s: str) -> bool:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, choices=("padim", "patchcore", "dfkde"))
     p.add_argument("--train", help="uint8 images (n, H, W, 3) .npy, already at the benchmark size")
     p.add_argument("--test", help="uint8 images (n, H, W, 3) .npy")
-    p.add_argument("--train-features", help="float32 grids (n, h, w, d) .npy: features mode, no backbone")
+    p.add_argument(
+        "--train-features", help="float32 grids (n, h, w, d) .npy: features mode, no backbone"
+    )
     p.add_argument("--test-features", help="float32 grids (n, h, w, d) .npy")
-    p.add_argument("--test-labels", help="optional .npy of test labels (+1 normal, -1 anomaly; or 0/1 with 1 = anomaly) for image AUROC")
+    p.add_argument(
+        "--test-labels",
+        help="optional .npy of test labels (+1 normal, -1 anomaly; or 0/1 with 1 = anomaly) for image AUROC",
+    )
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--layers", nargs="+", default=["layer2", "layer3"])
-    p.add_argument("--pretrained", type=parse_bool, default=False, help="timm weights (cannot be downloaded here)")
+    p.add_argument(
+        "--pretrained",
+        type=parse_bool,
+        default=False,
+        help="timm weights (cannot be downloaded here)",
+    )
     p.add_argument("--coreset-ratio", type=float, default=0.01)
-    p.add_argument("--n-neighbors", type=int, default=9, help="PatchCore num_neighbors (support set of the re-weighting)")
-    p.add_argument("--n-features", type=int, default=None, help="PaDiM random channel pick (anomalib default: 100 for resnet18)")
+    p.add_argument(
+        "--n-neighbors",
+        type=int,
+        default=9,
+        help="PatchCore num_neighbors (support set of the re-weighting)",
+    )
+    p.add_argument(
+        "--n-features",
+        type=int,
+        default=None,
+        help="PaDiM random channel pick (anomalib default: 100 for resnet18)",
+    )
     p.add_argument("--n-pca-components", type=int, default=16, help="DFKDE")
     p.add_argument("--max-training-points", type=int, default=40000, help="DFKDE")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--score-repeats", type=int, default=3, help="scoring passes timed (median); the first also gives the results")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument(
+        "--score-repeats",
+        type=int,
+        default=3,
+        help="scoring passes timed (median); the first also gives the results",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", action="store_true", help="features mode, patchcore: apply anomalib's AvgPool2d(3, 1, 1) first")
-    p.add_argument("--map-size", type=int, nargs=2, default=None, help="features mode: anomaly-map size (default: grid * stride of the first layer)")
-    p.add_argument("--no-trim", action="store_true", help="do not call glibc malloc_trim(0) before the fit and score phases")
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="features mode, patchcore: apply anomalib's AvgPool2d(3, 1, 1) first",
+    )
+    p.add_argument(
+        "--map-size",
+        type=int,
+        nargs=2,
+        default=None,
+        help="features mode: anomaly-map size (default: grid * stride of the first layer)",
+    )
+    p.add_argument(
+        "--no-trim",
+        action="store_true",
+        help="do not call glibc malloc_trim(0) before the fit and score phases",
+    )
     p.add_argument("--out", required=True, help="result JSON")
-    p.add_argument("--save-scores", help=".npz with image_scores, patch_maps, anomaly_maps (and DFKDE log_likelihood)")
+    p.add_argument(
+        "--save-scores",
+        help=".npz with image_scores, patch_maps, anomaly_maps (and DFKDE log_likelihood)",
+    )
     args = p.parse_args(argv)
     # process-wide settings only when run as the peer (run.py imports Phase from this module)
     warnings.filterwarnings("ignore")
@@ -574,10 +690,17 @@ def main(argv=None) -> int:
         "model": args.model,
         "mode": "features" if features_mode else "images",
         "config": {
-            "backbone": args.backbone, "layers": list(args.layers), "pretrained": args.pretrained,
-            "coreset_ratio": args.coreset_ratio, "n_neighbors": args.n_neighbors, "n_features": args.n_features,
-            "n_pca_components": args.n_pca_components, "max_training_points": args.max_training_points,
-            "batch_size": args.batch_size, "seed": args.seed, "pool": args.pool,
+            "backbone": args.backbone,
+            "layers": list(args.layers),
+            "pretrained": args.pretrained,
+            "coreset_ratio": args.coreset_ratio,
+            "n_neighbors": args.n_neighbors,
+            "n_features": args.n_features,
+            "n_pca_components": args.n_pca_components,
+            "max_training_points": args.max_training_points,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "pool": args.pool,
             "train": args.train_features if features_mode else args.train,
             "test": args.test_features if features_mode else args.test,
         },
@@ -585,7 +708,11 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "device": "cpu",
         "loadavg_start": list(os.getloadavg()),
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_", "MKL_", "OPENBLAS_"))},
+        "env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("MALLOC_", "OMP_", "MKL_", "OPENBLAS_"))
+        },
         "rss_after_import_bytes": _status_bytes("VmRSS"),
         "notes": [],
     }
@@ -595,20 +722,37 @@ def main(argv=None) -> int:
         res["coreset_fraction"] = res["n_coreset"] / max(res["n_train_patches"], 1)
     res["loadavg_end"] = list(os.getloadavg())
     for phase in ("fit", "score"):  # growth of each phase over the RSS it started from
-        res[f"peak_rss_{phase}_delta_bytes"] = res[f"peak_rss_{phase}_bytes"] - res[f"rss_{phase}_start_bytes"]
+        res[f"peak_rss_{phase}_delta_bytes"] = (
+            res[f"peak_rss_{phase}_bytes"] - res[f"rss_{phase}_start_bytes"]
+        )
     res["malloc_trim_between_phases"] = TRIM
     res["ru_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    res["peak_rss_method"] = "VmHWM from /proc/self/status, reset via /proc/self/clear_refs=5 at the start of fit and of score"
-    res["image_score_direction"] = "higher = more abnormal" + (" (probability 1/(1+exp(0.05*(loglik-12))))" if args.model == "dfkde" else "")
+    res["peak_rss_method"] = (
+        "VmHWM from /proc/self/status, reset via /proc/self/clear_refs=5 at the start of fit and of score"
+    )
+    res["image_score_direction"] = "higher = more abnormal" + (
+        " (probability 1/(1+exp(0.05*(loglik-12))))" if args.model == "dfkde" else ""
+    )
 
     if args.test_labels:
         from sklearn.metrics import roc_auc_score
 
         y = np.load(args.test_labels).reshape(-1)
         y_anom = (y == -1) if (y == -1).any() else (y == 1)
-        def auroc(s):  # -inf / +inf are legal ranks here (DFKDE's log-likelihood underflows to -inf)
-            s = np.nan_to_num(np.asarray(s, dtype=np.float64), posinf=np.finfo(np.float64).max, neginf=np.finfo(np.float64).min)
-            return float(roc_auc_score(y_anom.astype(int), s)) if 0 < y_anom.sum() < len(y_anom) else None
+
+        def auroc(
+            s,
+        ):  # -inf / +inf are legal ranks here (DFKDE's log-likelihood underflows to -inf)
+            s = np.nan_to_num(
+                np.asarray(s, dtype=np.float64),
+                posinf=np.finfo(np.float64).max,
+                neginf=np.finfo(np.float64).min,
+            )
+            return (
+                float(roc_auc_score(y_anom.astype(int), s))
+                if 0 < y_anom.sum() < len(y_anom)
+                else None
+            )
 
         res["image_auroc"] = auroc(out["image_scores"])
         if out.get("log_likelihood") is not None:
@@ -627,9 +771,26 @@ def main(argv=None) -> int:
 
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=2, sort_keys=False)
-    summary = {k: res.get(k) for k in ("model", "mode", "fit_feature_seconds", "fit_memory_seconds", "coreset_seconds", "fit_seconds",
-                                        "score_seconds", "score_ms_per_image", "score_backbone_seconds", "peak_rss_fit_bytes",
-                                        "peak_rss_score_bytes", "memory_bytes", "n_train_patches", "n_coreset", "image_auroc")}
+    summary = {
+        k: res.get(k)
+        for k in (
+            "model",
+            "mode",
+            "fit_feature_seconds",
+            "fit_memory_seconds",
+            "coreset_seconds",
+            "fit_seconds",
+            "score_seconds",
+            "score_ms_per_image",
+            "score_backbone_seconds",
+            "peak_rss_fit_bytes",
+            "peak_rss_score_bytes",
+            "memory_bytes",
+            "n_train_patches",
+            "n_coreset",
+            "image_auroc",
+        )
+    }
     print(json.dumps(summary))
     return 0
 

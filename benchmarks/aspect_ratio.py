@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sklearn_memad import FeatureTransformer, LocalAggregation
-from sklearn_memad._image_files import read_rgb
-from sklearn_memad.datasets import load_mvtec
-from sklearn_memad.detectors._base import image_scores_from_patches
+from sklearn_memad.datasets import load_mvtec, read_rgb
+from sklearn_memad.detectors import image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
 
@@ -45,8 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--size", type=int, default=256, help="square size (and evaluation frame)")
     p.add_argument("--height", type=int, default=256, help="height of the aspect-kept images")
-    p.add_argument("--configs", nargs="+", default=["_blocks.4,_blocks.10:3"],
-                   help="layers:aggregation pairs")
+    p.add_argument(
+        "--configs", nargs="+", default=["_blocks.4,_blocks.10:3"], help="layers:aggregation pairs"
+    )
     p.add_argument("--top-k", type=int, nargs="+", default=[1, 30])
     p.add_argument("--sigma", type=float, nargs="+", default=[4.0, 8.0])
     p.add_argument("--coreset-ratio", type=float, default=0.01)
@@ -89,10 +89,12 @@ def run_variant(train_groups, test_groups, n_test, layers, aggregation_size, arg
     d = aggregation.fit_transform(features.transform(first)).shape[-1]
     start = time.perf_counter()
     # Patches of every size, one per row: the memory does not care where a patch came from.
-    bank = np.concatenate([
-        aggregation.transform(features.transform(images)).reshape(-1, 1, 1, d)
-        for _, images in train_groups.values()
-    ])
+    bank = np.concatenate(
+        [
+            aggregation.transform(features.transform(images)).reshape(-1, 1, 1, d)
+            for _, images in train_groups.values()
+        ]
+    )
     extract_s = time.perf_counter() - start
     start = time.perf_counter()
     detector = _RankingOnlyPatchCore(coreset_ratio=args.coreset_ratio, random_state=0).fit(bank)
@@ -109,8 +111,11 @@ def run_variant(train_groups, test_groups, n_test, layers, aggregation_size, arg
             if size != frame:
                 pixel = F.interpolate(pixel, size=frame, mode="bilinear", align_corners=False)
             maps[sigma][indices] = pixel[:, 0].numpy()
-    return image_scores, maps, {"bank_patches": int(len(bank)), "extract_seconds": extract_s,
-                                "fit_seconds": fit_s}
+    return (
+        image_scores,
+        maps,
+        {"bank_patches": int(len(bank)), "extract_seconds": extract_s, "fit_seconds": fit_s},
+    )
 
 
 def main(argv=None):
@@ -139,8 +144,13 @@ def main(argv=None):
             image_scores, maps, info = run_variant(
                 train_groups, test_groups, len(test.images), layers, int(aggregation_size), args
             )
-            row = {"variant": name, "layers": layer_text, "aggregation": int(aggregation_size),
-                   "n_sizes": len(train_groups), **info}
+            row = {
+                "variant": name,
+                "layers": layer_text,
+                "aggregation": int(aggregation_size),
+                "n_sizes": len(train_groups),
+                **info,
+            }
             for k, scores in image_scores.items():
                 row[f"image_top{k}"] = image_auroc(test.labels, scores)
             for sigma, m in maps.items():
@@ -166,9 +176,13 @@ def markdown(rows, args):
         f"ratio (multiple of 32); all maps scored in the {args.size} x {args.size} frame. "
         f"Pixel AUROC per kind: {', '.join(kinds)} (each with the good images).",
         "",
-        "| layers | agg | variant | image AUROC " + " / ".join(f"top{k}" for k in args.top_k)
-        + " | " + " | ".join(f"pixel AUROC, AUPRO (sigma {s:g}) | per kind (sigma {s:g})"
-                             for s in args.sigma) + " | fit s |",
+        "| layers | agg | variant | image AUROC "
+        + " / ".join(f"top{k}" for k in args.top_k)
+        + " | "
+        + " | ".join(
+            f"pixel AUROC, AUPRO (sigma {s:g}) | per kind (sigma {s:g})" for s in args.sigma
+        )
+        + " | fit s |",
         "|" + "---|" * (5 + 2 * len(args.sigma)),
     ]
     for r in rows:
@@ -178,8 +192,10 @@ def markdown(rows, args):
             + " / ".join(f"{r[f'pixel_sigma{s:g}_by_kind'][k]:.3f}" for k in kinds)
             for s in args.sigma
         )
-        lines.append(f"| {r['layers']} | {r['aggregation']} | {r['variant']} | {image} | "
-                     f"{pixel} | {r['fit_seconds']:.0f} |")
+        lines.append(
+            f"| {r['layers']} | {r['aggregation']} | {r['variant']} | {image} | "
+            f"{pixel} | {r['fit_seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -38,7 +38,7 @@ from sklearn_memad import (
     RandomProjection,
 )
 from sklearn_memad.datasets import load_mvtec
-from sklearn_memad.detectors._base import image_scores_from_patches
+from sklearn_memad.detectors import image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.masks import mask_scores, select_pixel_threshold
 from sklearn_memad.metrics import image_auroc, pixel_f1_max
@@ -161,9 +161,7 @@ def main():
         fold_note = f"{fold:.1f} s" if fold is not None else "-"
         # A ratio to a build of a few hundredths of a second (DFKDE stores its data) says nothing.
         overhead = f"{100 * loo / build:.0f} %" if build >= 1.0 else "-"
-        cost_rows.append(
-            f"| {name} | {build:.2f} s | {loo:.2f} s | {overhead} | {fold_note} |"
-        )
+        cost_rows.append(f"| {name} | {build:.2f} s | {loo:.2f} s | {overhead} | {fold_note} |")
         patch_scores = detector.score_patches(head_grids)
         scores = -image_scores_from_patches(patch_scores, detector.top_k)
         normal = ~defective

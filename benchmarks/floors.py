@@ -81,7 +81,10 @@ def rss_worker(image_size, batch_size, layers):
         0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8
     )
     features = FeatureTransformer(
-        backbone="resnet18", layers=layers, weights=None, image_size=None,
+        backbone="resnet18",
+        layers=layers,
+        weights=None,
+        image_size=None,
         batch_size=batch_size,
     ).fit(images[:1])
     steps["build the backbone"] = _rss()
@@ -92,17 +95,20 @@ def rss_worker(image_size, batch_size, layers):
 
 
 def share_floor(args):
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from sklearn_memad import FeatureTransformer
     from sklearn_memad.neighbors._search import NearestNeighborSearch
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3),
-                          dtype=np.uint8)
+    images = rng.integers(
+        0, 256, (args.batch_size, args.image_size, args.image_size, 3), dtype=np.uint8
+    )
     features = FeatureTransformer(
-        backbone="resnet18", layers=("layer2", "layer3"), weights=None, image_size=None,
+        backbone="resnet18",
+        layers=("layer2", "layer3"),
+        weights=None,
+        image_size=None,
         batch_size=args.batch_size,
     ).fit(images[:1])
     grids = features.transform(images)
@@ -130,8 +136,16 @@ def share_floor(args):
 
 
 def rss_floor(args, layers):
-    cmd = [sys.executable, __file__, "--image-size", str(args.image_size), "--batch-size",
-           str(args.batch_size), "--rss-worker", *layers]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--rss-worker",
+        *layers,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -154,16 +168,24 @@ def main(argv=None):
         rss_worker(args.image_size, args.batch_size, tuple(args.rss_worker))
         return
     share = share_floor(args)
-    print(f"# detector share floor (resnet18 to layer3, {args.image_size} px, batches of "
-          f"{args.batch_size}; PatchCore bank {args.bank} x {share['grid'][2]})")
-    print(f"backbone: {share['backbone_gflop_per_image']:.2f} GFLOP, "
-          f"{share['backbone_ms_per_image']:.1f} ms per image "
-          f"({share['backbone_gflop_per_s']:.0f} GFLOP/s)")
-    print(f"exact 1-NN search: {share['search_gflop_per_image']:.2f} GFLOP, "
-          f"{share['search_ms_per_image']:.1f} ms per image "
-          f"({share['search_gflop_per_s']:.0f} GFLOP/s)")
-    print(f"share of scoring taken by the search alone: {100 * share['search_share_floor']:.0f} % "
-          f"(at equal GFLOP/s: {100 * share['search_share_at_equal_rates']:.0f} %)")
+    print(
+        f"# detector share floor (resnet18 to layer3, {args.image_size} px, batches of "
+        f"{args.batch_size}; PatchCore bank {args.bank} x {share['grid'][2]})"
+    )
+    print(
+        f"backbone: {share['backbone_gflop_per_image']:.2f} GFLOP, "
+        f"{share['backbone_ms_per_image']:.1f} ms per image "
+        f"({share['backbone_gflop_per_s']:.0f} GFLOP/s)"
+    )
+    print(
+        f"exact 1-NN search: {share['search_gflop_per_image']:.2f} GFLOP, "
+        f"{share['search_ms_per_image']:.1f} ms per image "
+        f"({share['search_gflop_per_s']:.0f} GFLOP/s)"
+    )
+    print(
+        f"share of scoring taken by the search alone: {100 * share['search_share_floor']:.0f} % "
+        f"(at equal GFLOP/s: {100 * share['search_share_at_equal_rates']:.0f} %)"
+    )
     peaks = peer_peaks(args.peer_results)
     layer_sets = {"padim": ("layer1", "layer2", "layer3"), "patchcore": ("layer2", "layer3")}
     for detector, layers in layer_sets.items():
@@ -173,8 +195,10 @@ def main(argv=None):
             print(f"{step}: {value / MIB:.0f} MiB")
         if detector in peaks:
             fit, score = peaks[detector]
-            print(f"0.6 x anomalib's peak in {Path(args.peer_results).name}: fit "
-                  f"{0.6 * fit / MIB:.0f} MiB, score {0.6 * score / MIB:.0f} MiB")
+            print(
+                f"0.6 x anomalib's peak in {Path(args.peer_results).name}: fit "
+                f"{0.6 * fit / MIB:.0f} MiB, score {0.6 * score / MIB:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

@@ -47,12 +47,15 @@ def main(argv=None):
     size = image_size(args.image_size)
     train = load_mvtec(args.data, "train", image_size=size)
     test = load_mvtec(args.data, "test", image_size=size)
-    train_idx, test_idx = _spread(len(train.labels), args.n_train), _spread(len(test.labels), args.n_test)
+    train_idx, test_idx = (
+        _spread(len(train.labels), args.n_train),
+        _spread(len(test.labels), args.n_test),
+    )
     labels = test.labels[test_idx]
     features = FeatureTransformer(
         backbone="efficientnet_lite0", layers=("_blocks.4", "_blocks.10"), image_size=None
     )
-    pick = RandomProjection(100, method="channels", random_state=0)
+    pick = RandomProjection(n_components=100, method="channels", random_state=0)
     train_grids = pick.fit_transform(features.fit_transform(train.images[train_idx]))
     test_grids = pick.transform(features.transform(test.images[test_idx]))
     aggregated = LocalAggregation().fit(train_grids)
@@ -74,12 +77,27 @@ def main(argv=None):
             np.save(tmp / "train.npy", tr)
             np.save(tmp / "test.npy", te)
             subprocess.run(
-                [str(PEER_PYTHON), str(HERE / "anomalib_peer.py"), "--model", name,
-                 "--train-features", str(tmp / "train.npy"), "--test-features",
-                 str(tmp / "test.npy"), "--test-labels", str(tmp / "labels.npy"),
-                 "--coreset-ratio", "0.01", "--out", str(tmp / "peer.json"),
-                 "--save-scores", str(tmp / "peer.npz")],
-                check=True, capture_output=True, text=True,
+                [
+                    str(PEER_PYTHON),
+                    str(HERE / "anomalib_peer.py"),
+                    "--model",
+                    name,
+                    "--train-features",
+                    str(tmp / "train.npy"),
+                    "--test-features",
+                    str(tmp / "test.npy"),
+                    "--test-labels",
+                    str(tmp / "labels.npy"),
+                    "--coreset-ratio",
+                    "0.01",
+                    "--out",
+                    str(tmp / "peer.json"),
+                    "--save-scores",
+                    str(tmp / "peer.npz"),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
             )
             peer = json.loads((tmp / "peer.json").read_text())
             detector = ours[name].fit(tr)
@@ -108,10 +126,14 @@ def main(argv=None):
     for r in rows:
         note = ""
         if "max_relative_difference_of_patch_scores" in r:
-            note = (f"patch scores max relative difference "
-                    f"{r['max_relative_difference_of_patch_scores']:.1e}; memory "
-                    f"{r['ours_memory_bytes'] / 2**20:.1f} vs {r['anomalib_memory_bytes'] / 2**20:.1f} MiB")
-        lines.append(f"| {r['detector']} | {r['ours_image_auroc']:.3f} | {r['anomalib_image_auroc']:.3f} | {note} |")
+            note = (
+                f"patch scores max relative difference "
+                f"{r['max_relative_difference_of_patch_scores']:.1e}; memory "
+                f"{r['ours_memory_bytes'] / 2**20:.1f} vs {r['anomalib_memory_bytes'] / 2**20:.1f} MiB"
+            )
+        lines.append(
+            f"| {r['detector']} | {r['ours_image_auroc']:.3f} | {r['anomalib_image_auroc']:.3f} | {note} |"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     command = "python benchmarks/identical_features.py " + " ".join(sys.argv[1:])

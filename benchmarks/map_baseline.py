@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sklearn_memad.detectors._base import image_scores_from_patches
+from sklearn_memad.detectors import image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
 
@@ -43,13 +43,18 @@ def main(argv=None):
     }
     defective = test.labels == -1
     image = image_auroc(test.labels, image_scores_from_patches(patches, 1))
-    print(f"layers {' + '.join(args.layers)}, {args.aggregation} x {args.aggregation} "
-          f"aggregation, sigma {args.sigma}; image AUROC (top 1) {image:.3f}\n")
+    print(
+        f"layers {' + '.join(args.layers)}, {args.aggregation} x {args.aggregation} "
+        f"aggregation, sigma {args.sigma}; image AUROC (top 1) {image:.3f}\n"
+    )
     print("| map | pixel AUROC | AUPRO |\n|---|---|---|")
     for name, shifted in variants.items():
         maps = patch_to_pixel_maps(shifted, size, sigma=args.sigma)
-        print(f"| {name} | {pixel_auroc(test.masks, maps):.3f} | "
-              f"{aupro(test.masks[defective], maps[defective]):.3f} |", flush=True)
+        print(
+            f"| {name} | {pixel_auroc(test.masks, maps):.3f} | "
+            f"{aupro(test.masks[defective], maps[defective]):.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

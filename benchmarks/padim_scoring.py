@@ -50,8 +50,19 @@ def worker(args):
 
 
 def run_worker(args, checkout):
-    cmd = [sys.executable, __file__, "--worker", "--grid", *map(str, args.grid), "--n-train",
-           str(args.n_train), "--batch", str(args.batch), "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--grid",
+        *map(str, args.grid),
+        "--n-train",
+        str(args.n_train),
+        "--batch",
+        str(args.batch),
+        "--repeats",
+        str(args.repeats),
+    ]
     env = None if checkout is None else dict(os.environ, PYTHONPATH=checkout)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -70,8 +81,10 @@ def main(argv=None):
         for name, path in checkouts.items():
             times[name] += run_worker(args, path)
     h, w, d = args.grid
-    print(f"PaDiMDetector.score_patches, {args.batch} grids of {h} x {w} x {d}, "
-          f"{args.rounds} x {args.repeats} calls per checkout, interleaved")
+    print(
+        f"PaDiMDetector.score_patches, {args.batch} grids of {h} x {w} x {d}, "
+        f"{args.rounds} x {args.repeats} calls per checkout, interleaved"
+    )
     for name, values in times.items():
         print(f"{name}: min {min(values):.2f}, median {np.median(values):.2f} ms per image")
 

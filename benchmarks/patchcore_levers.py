@@ -25,7 +25,7 @@ import numpy as np
 
 from sklearn_memad import FeatureTransformer, LocalAggregation, PatchCoreDetector
 from sklearn_memad.datasets import load_mvtec
-from sklearn_memad.detectors._base import image_scores_from_patches
+from sklearn_memad.detectors import image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
 
@@ -129,8 +129,14 @@ def markdown(rows, args):
         f"{args.coreset_ratio:g}, 1 nearest neighbour; A / B: the two halves of the test split; "
         f"per kind: {', '.join(kinds)} (each with the good images)."
     )
-    lines = [head, "", "Image AUROC, by the image score (mean of the top_k patch scores):", "",
-             "| layers | aggregation | top_k | all (A / B) | per kind |", "|---|---|---|---|---|"]
+    lines = [
+        head,
+        "",
+        "Image AUROC, by the image score (mean of the top_k patch scores):",
+        "",
+        "| layers | aggregation | top_k | all (A / B) | per kind |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         for top_k in args.top_k:
             m = r[f"image_top{top_k}"]
@@ -138,9 +144,13 @@ def markdown(rows, args):
                 f"| {r['layers']} | {r['aggregation']} | {top_k} | {_halves_cell(m)} | "
                 f"{_kinds_cell(m, kinds)} |"
             )
-    lines += ["", "Pixel AUROC and AUPRO, by the smoothing of the maps:", "",
-              "| layers | aggregation | sigma | pixel AUROC all (A / B) | AUPRO | per kind |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Pixel AUROC and AUPRO, by the smoothing of the maps:",
+        "",
+        "| layers | aggregation | sigma | pixel AUROC all (A / B) | AUPRO | per kind |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         for sigma in args.sigma:
             m = r[f"pixel_sigma{sigma:g}"]

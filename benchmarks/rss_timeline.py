@@ -80,8 +80,10 @@ class StepSampler:
         setattr(owner, name, labelled)
 
     def report(self, title, phase):
-        print(f"{title}: start {phase.rss_start / 2**20:.0f} MiB, peak {phase.peak_rss / 2**20:.0f}"
-              f" MiB, growth {(phase.peak_rss - phase.rss_start) / 2**20:.0f} MiB")
+        print(
+            f"{title}: start {phase.rss_start / 2**20:.0f} MiB, peak {phase.peak_rss / 2**20:.0f}"
+            f" MiB, growth {(phase.peak_rss - phase.rss_start) / 2**20:.0f} MiB"
+        )
         for step, peak in sorted(self.peaks.items(), key=lambda item: -item[1]):
             print(f"    {step:46s} {(peak - phase.rss_start) / 2**20:7.0f} MiB")
         self.peaks.clear()
@@ -107,8 +109,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--in-place", action="store_true", help="PatchCore: LocalAggregation(copy=False)"
     )
-    p.add_argument("--trim", nargs="+", default=[], metavar="CLASS.METHOD",
-                   help="malloc_trim after these methods (e.g. FeatureTransformer.transform)")
+    p.add_argument(
+        "--trim",
+        nargs="+",
+        default=[],
+        metavar="CLASS.METHOD",
+        help="malloc_trim after these methods (e.g. FeatureTransformer.transform)",
+    )
     p.add_argument("--prebuild", action="store_true", help="build the backbone before the fit")
     ours, rest = p.parse_known_args(argv)
     # Everything else is run.py's: data, sizes, backbone (random-init resnet18 by default here).
@@ -121,7 +128,7 @@ def main(argv=None):
     import torchvision.models  # noqa: F401  (imports before any measurement, as in run.py)
 
     import sklearn_memad
-    from sklearn_memad.detectors._base import MemoryDetectorMixin
+    from sklearn_memad.detectors import BaseMemoryDetector
     from sklearn_memad.maps import patch_to_pixel_maps
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,8 +142,8 @@ def main(argv=None):
     for name, methods in _LABELLED.items():
         for method in methods:
             sampler.label(classes[name], method, f"{name}.{method}")
-    sampler.label(MemoryDetectorMixin, "_validated_training_grids", "detector: validation")
-    sampler.label(MemoryDetectorMixin, "_calibrate", "detector: calibration")
+    sampler.label(BaseMemoryDetector, "_validated_training_grids", "detector: validation")
+    sampler.label(BaseMemoryDetector, "_calibrate", "detector: calibration")
     for where in ours.trim:
         owner, name = where.split(".")
         _trim_after(classes[owner], name)

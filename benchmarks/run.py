@@ -59,35 +59,47 @@ def parse_args(argv=None):
     p.add_argument("--n-test", type=int, default=None, help="test images (default: all)")
     p.add_argument("--image-size", default="256", help="side, or HxW (e.g. 256x384)")
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--weights", default="DEFAULT", help="'DEFAULT', a weights name, a path or 'none'")
+    p.add_argument(
+        "--weights", default="DEFAULT", help="'DEFAULT', a weights name, a path or 'none'"
+    )
     p.add_argument("--layers", nargs="+", default=None, help="override every pipeline's layers")
     p.add_argument("--detectors", nargs="+", default=["padim", "patchcore", "dfkde"])
     p.add_argument("--coreset-ratio", type=float, default=0.01)
     p.add_argument("--n-neighbors", type=int, default=1, help="our PatchCore's neighbours")
     p.add_argument(
-        "--search", choices=["exact", "approximate"], default="exact",
+        "--search",
+        choices=["exact", "approximate"],
+        default="exact",
         help="our PatchCore's neighbour search (approximate: pynndescent; scores change)",
     )
     p.add_argument(
-        "--peer-n-neighbors", type=int, default=9,
+        "--peer-n-neighbors",
+        type=int,
+        default=9,
         help="anomalib's num_neighbors (its patch scores are 1-NN; this is its re-weighting set)",
     )
     p.add_argument(
         "--aggregation", type=int, default=3, help="PatchCore's LocalAggregation size (3 x 3)"
     )
     p.add_argument(
-        "--top-k", type=int, default=1,
+        "--top-k",
+        type=int,
+        default=1,
         help="image score: mean of the top_k largest patch scores (1: the max), every detector",
     )
     p.add_argument("--padim-components", type=int, default=100)
     p.add_argument("--dfkde-components", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
-        "--score-repeats", type=int, default=3,
+        "--score-repeats",
+        type=int,
+        default=3,
         help="scoring passes timed on both sides (the median counts); the first gives the results",
     )
     p.add_argument("--peer", action="store_true", help="also run anomalib on the same images")
-    p.add_argument("--name", default="latest", help="results go to benchmarks/results/NAME.{json,md}")
+    p.add_argument(
+        "--name", default="latest", help="results go to benchmarks/results/NAME.{json,md}"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--arrays", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -183,7 +195,7 @@ def run_worker(args):
     import torch
 
     import sklearn_memad.detectors._patchcore as patchcore_module
-    from sklearn_memad.detectors._base import MemoryDetectorMixin, image_scores_from_patches
+    from sklearn_memad.detectors import BaseMemoryDetector, image_scores_from_patches
     from sklearn_memad.maps import patch_to_pixel_maps
     from sklearn_memad.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
@@ -196,7 +208,7 @@ def run_worker(args):
 
     coreset = _Clock(patchcore_module, "greedy_coreset")
     projection = _Clock(patchcore_module, "project_for_coreset")
-    calibration = _Clock(MemoryDetectorMixin, "_calibrate")
+    calibration = _Clock(BaseMemoryDetector, "_calibrate")
     pipe = build_pipeline(args, detector)
     features, rest = pipe[0], pipe[1:]
     oos = _Clock(type(rest[-1]), "_out_of_sample_patch_scores")
@@ -318,12 +330,30 @@ def run_ours(args, folder, detector):
 
 
 def _forwarded(args):
-    out = ["--backbone", args.backbone, "--weights", args.weights, "--batch-size",
-           str(args.batch_size), "--score-repeats", str(args.score_repeats), "--coreset-ratio",
-           str(args.coreset_ratio), "--n-neighbors", str(args.n_neighbors),
-           "--search", args.search, "--padim-components", str(args.padim_components),
-           "--dfkde-components", str(args.dfkde_components),
-           "--aggregation", str(args.aggregation), "--top-k", str(args.top_k)]
+    out = [
+        "--backbone",
+        args.backbone,
+        "--weights",
+        args.weights,
+        "--batch-size",
+        str(args.batch_size),
+        "--score-repeats",
+        str(args.score_repeats),
+        "--coreset-ratio",
+        str(args.coreset_ratio),
+        "--n-neighbors",
+        str(args.n_neighbors),
+        "--search",
+        args.search,
+        "--padim-components",
+        str(args.padim_components),
+        "--dfkde-components",
+        str(args.dfkde_components),
+        "--aggregation",
+        str(args.aggregation),
+        "--top-k",
+        str(args.top_k),
+    ]
     if args.layers:
         out += ["--layers", *args.layers]
     return out
@@ -334,13 +364,34 @@ def run_peer(args, folder, detector):
         raise SystemExit("anomalib venv missing: run `bash benchmarks/setup_anomalib.sh` first")
     result = folder / f"peer_{detector}.json"
     layers = layers_for(args, detector)
-    cmd = [str(PEER_PYTHON), str(HERE / "anomalib_peer.py"), "--model", detector,
-           "--train", str(folder / "train.npy"), "--test", str(folder / "test.npy"),
-           "--test-labels", str(folder / "labels.npy"), "--backbone", args.backbone,
-           "--layers", *layers, "--pretrained", "false", "--coreset-ratio",
-           str(args.coreset_ratio), "--n-neighbors", str(args.peer_n_neighbors),
-           "--batch-size", str(args.batch_size), "--score-repeats", str(args.score_repeats),
-           "--out", str(result)]
+    cmd = [
+        str(PEER_PYTHON),
+        str(HERE / "anomalib_peer.py"),
+        "--model",
+        detector,
+        "--train",
+        str(folder / "train.npy"),
+        "--test",
+        str(folder / "test.npy"),
+        "--test-labels",
+        str(folder / "labels.npy"),
+        "--backbone",
+        args.backbone,
+        "--layers",
+        *layers,
+        "--pretrained",
+        "false",
+        "--coreset-ratio",
+        str(args.coreset_ratio),
+        "--n-neighbors",
+        str(args.peer_n_neighbors),
+        "--batch-size",
+        str(args.batch_size),
+        "--score-repeats",
+        str(args.score_repeats),
+        "--out",
+        str(result),
+    ]
     if detector == "padim":
         cmd += ["--n-features", str(args.padim_components)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -367,13 +418,19 @@ RATIOS = [  # (our key, peer key, label)
 
 
 def markdown(results, peers, meta):
-    lines = [f"Command: `{meta['command']}`", "",
-             f"Machine: {meta['machine']}; date {meta['date']}; {meta['n_train']} training and "
-             f"{meta['n_test']} test images at {meta['image_size']}; backbone "
-             f"{meta['backbone']} (weights {meta['weights']}).", ""]
-    head = ("| detector | image AUROC | pixel AUROC | AUPRO | F1-max | fit s (build + features"
-            " + memory + calibration) | coreset s | score ms/img (detector share) | peak RSS fit / score"
-            " MiB | memory MiB |")
+    lines = [
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; date {meta['date']}; {meta['n_train']} training and "
+        f"{meta['n_test']} test images at {meta['image_size']}; backbone "
+        f"{meta['backbone']} (weights {meta['weights']}).",
+        "",
+    ]
+    head = (
+        "| detector | image AUROC | pixel AUROC | AUPRO | F1-max | fit s (build + features"
+        " + memory + calibration) | coreset s | score ms/img (detector share) | peak RSS fit / score"
+        " MiB | memory MiB |"
+    )
     lines += [head, "|" + "---|" * 10]
     for r in results:
         aupro = "-" if r["aupro"] is None else f"{r['aupro']:.3f}"
@@ -388,9 +445,14 @@ def markdown(results, peers, meta):
             f"{r['memory_bytes'] / 2**20:.1f} |"
         )
     if peers:
-        lines += ["", "anomalib 2.7 on the same images (ratio = sklearn_memad / anomalib; "
-                  "below 1 is better for time and memory):", "",
-                  "| detector | quantity | sklearn_memad | anomalib | ratio |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "anomalib 2.7 on the same images (ratio = sklearn_memad / anomalib; "
+            "below 1 is better for time and memory):",
+            "",
+            "| detector | quantity | sklearn_memad | anomalib | ratio |",
+            "|---|---|---|---|---|",
+        ]
         for r in results:
             peer = peers.get(r["detector"])
             if not peer:
@@ -399,11 +461,15 @@ def markdown(results, peers, meta):
                 a, b = r.get(ours_key), peer.get(peer_key)
                 if not a or not b:
                     continue
-                lines.append(f"| {r['detector']} | {label} | {_fmt(ours_key, a)} | "
-                             f"{_fmt(ours_key, b)} | {a / b:.2f} |")
+                lines.append(
+                    f"| {r['detector']} | {label} | {_fmt(ours_key, a)} | "
+                    f"{_fmt(ours_key, b)} | {a / b:.2f} |"
+                )
             if peer.get("image_auroc") is not None:
-                lines.append(f"| {r['detector']} | image AUROC | {r['image_auroc']:.3f} | "
-                             f"{peer['image_auroc']:.3f} | - |")
+                lines.append(
+                    f"| {r['detector']} | image AUROC | {r['image_auroc']:.3f} | "
+                    f"{peer['image_auroc']:.3f} | - |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
-"""Sphinx configuration. Build: python -m sphinx -b html docs docs/_build/html"""
+"""Sphinx configuration. Build: python -m sphinx -b html docs docs/_build/html
 
-import os
+Every page is listed in the toctree of index.md; nothing is added at build time.
+"""
 
 import sklearn_memad
 
@@ -20,7 +21,9 @@ exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 
-autodoc_default_options = {"members": True, "inherited-members": False}
+# No default "members": with one, Sphinx replaces the explicit member lists of api.md by
+# every member. Each directive there says which members it shows.
+autodoc_default_options = {}
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
 autosummary_generate = False
@@ -33,24 +36,3 @@ napoleon_preprocess_types = False
 html_theme = "alabaster"
 html_title = f"sklearn_memad {version}"
 html_theme_options = {"description": "Memory-based anomaly detection for scikit-learn"}
-
-
-# The pages written here; other pages (benchmarks.md from the benchmark runs, and any page
-# another part of the project adds) are listed after them when they exist.
-OWN_PAGES = ("index", "user_guide", "command_line", "examples", "api")
-
-
-def _link_other_pages(app, docname, source):
-    if docname != "index":
-        return
-    others = sorted(
-        name[:-3]
-        for name in os.listdir(app.srcdir)
-        if name.endswith(".md") and name[:-3] not in OWN_PAGES
-    )
-    if others:
-        source[0] += "\n```{toctree}\n:maxdepth: 1\n\n" + "\n".join(others) + "\n```\n"
-
-
-def setup(app):
-    app.connect("source-read", _link_other_pages)

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from sklearn_memad.demo import make_texture_anomalies
+from sklearn_memad.datasets import make_texture_anomalies
 from sklearn_memad.metrics import image_auroc
 from sklearn_memad.model_selection import NormalOnlyKFold
 from sklearn_memad.pipelines import make_detector_pipeline

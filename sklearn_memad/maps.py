@@ -1,4 +1,9 @@
-"""Pixel anomaly maps: a detector's patch map, upsampled to the image and smoothed."""
+"""Pixel anomaly maps: a detector's patch map, upsampled to the image and smoothed.
+
+:func:`anomaly_maps` gives the maps of a fitted pipeline or detector; :func:`predict_anomaly_maps`
+gives maps, image scores and decisions from one pass over the backbone; :func:`anomaly_map_range`
+is the colour range that makes maps of one detector comparable.
+"""
 
 from functools import lru_cache
 from numbers import Integral, Real
@@ -6,40 +11,15 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.pipeline import Pipeline
+from sklearn.utils import Bunch
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 
-from .detectors._base import MemoryDetectorMixin, chunk_rows
+from .detectors import image_scores_from_patches
+from .utils.chunking import chunk_rows
+from .utils.pipeline import decision_threshold, model_parts
+from .utils.scores import percentiles, reference_scores
 
-__all__ = ["anomaly_maps", "patch_to_pixel_maps"]
-
-
-def _split_pipeline(estimator):
-    """Return (transform steps before the detector or None, detector).
-
-    Walks Pipelines and fitted wrappers that hold their model in ``estimator_`` (such as
-    :class:`~sklearn_memad.thresholds.ThresholdedDetector`), so maps come from the detector
-    whatever decides on top of it.
-    """
-    heads = []
-    while True:
-        if isinstance(estimator, Pipeline):
-            if len(estimator.steps) > 1:
-                heads.append(estimator[:-1])
-            estimator = estimator.steps[-1][1]
-        elif not isinstance(estimator, MemoryDetectorMixin) and hasattr(estimator, "estimator_"):
-            estimator = estimator.estimator_
-        else:
-            break
-    if not isinstance(estimator, MemoryDetectorMixin):
-        raise TypeError(
-            "estimator must be a fitted sklearn_memad detector or a Pipeline ending in one; "
-            f"got {type(estimator).__name__} as the final step."
-        )
-    head = None
-    if heads:
-        head = heads[0] if len(heads) == 1 else Pipeline([(f"step{i}", h) for i, h in enumerate(heads)])
-    return head, estimator
+__all__ = ["anomaly_map_range", "anomaly_maps", "patch_to_pixel_maps", "predict_anomaly_maps"]
 
 
 def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
@@ -72,7 +52,9 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
     with torch.inference_mode():
         for start in range(0, n, step):
             block = torch.from_numpy(patch_maps[start : start + step])
-            torch.matmul(torch.matmul(rows, block), cols, out=torch.from_numpy(out[start : start + step]))
+            torch.matmul(
+                torch.matmul(rows, block), cols, out=torch.from_numpy(out[start : start + step])
+            )
     return out
 
 
@@ -80,9 +62,8 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
 def _pixel_operators(h, w, height, width, sigma):
     """The ``(H, h)`` and ``(w, W)`` operators, built once per shape.
 
-    Building them calls numpy's BLAS, whose threads then spin against torch's in the product
-    and the next batch's forward pass: built for every call, they took 0.5-1 ms per image of
-    a 16-image batch (64 x 64 to 256 x 256), the products themselves 0.04 ms.
+    Building them calls NumPy's BLAS (see :mod:`sklearn_memad.utils.tensors` for why that
+    is kept out of loops); cached, it runs once per shape instead of once per batch.
     """
     rows = torch.from_numpy(_upsample_and_smooth(h, height, sigma))
     cols = torch.from_numpy(_upsample_and_smooth(w, width, sigma).T.copy())
@@ -149,7 +130,7 @@ def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
     >>> anomaly_maps(detector, rng.normal(size=(2, 4, 4, 3)), output_size=(32, 32)).shape
     (2, 32, 32)
     """
-    head, detector = _split_pipeline(estimator)
+    _, head, detector, _ = model_parts(estimator)
     if output_size is None:
         if head is None:
             raise ValueError(
@@ -162,9 +143,103 @@ def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
                 f"X must be images (n, H, W, 3) or (n, H, W) for a pipeline; got shape {shape}."
             )
         output_size = shape[1:3]
-    if len(output_size) != 2 or not all(
-        isinstance(v, Integral) and v > 0 for v in output_size
-    ):
+    if len(output_size) != 2 or not all(isinstance(v, Integral) and v > 0 for v in output_size):
         raise ValueError(f"output_size must be two positive integers (H, W); got {output_size}.")
     grids = head.transform(X) if head is not None else X
     return patch_to_pixel_maps(detector.score_patches(grids), output_size, sigma)
+
+
+def anomaly_map_range(detector):
+    """Colour range ``(vmin, vmax)`` for the anomaly maps of a fitted detector.
+
+    ``vmin`` is the median out-of-sample image anomaly score of the training images (how far
+    the worst patch of a normal image typically goes); ``vmax`` puts the image threshold in
+    the middle of the range: ``-offset_``, or ``-threshold_`` of a
+    :class:`~sklearn_memad.thresholds.ThresholdedDetector`.
+
+    Parameters
+    ----------
+    detector : fitted detector, Pipeline ending in one, or ThresholdedDetector around either
+
+    Returns
+    -------
+    vmin, vmax : float
+    """
+    final = model_parts(detector).detector
+    normal = -np.asarray(final.train_scores_, dtype=float)
+    threshold = -decision_threshold(detector)
+    vmin = float(np.median(normal))
+    if threshold > vmin:
+        return vmin, 2 * threshold - vmin
+    q1, q3 = np.percentile(normal, [25, 75])
+    return vmin, vmin + max(3 * (q3 - q1), abs(vmin) * 0.1, 1e-6)
+
+
+def predict_anomaly_maps(estimator, X, *, sigma=4.0):
+    """Pixel anomaly maps, image anomaly scores and labels from one pass over the backbone.
+
+    The maps and scores come from the detector at the end of ``estimator``; the decision
+    (``threshold``, ``decision``, ``labels``) from whatever decides on top of it: a
+    :class:`~sklearn_memad.thresholds.ThresholdedDetector`'s ``threshold_`` when the
+    pipeline is wrapped in one (or ends with one), else the detector's own ``offset_``.
+    Everything agrees with the estimator's ``score_samples``, ``decision_function`` and
+    ``predict``.
+
+    Parameters
+    ----------
+    estimator : Pipeline or ThresholdedDetector
+        Fitted, from images to a sklearn_memad detector; or a fitted ThresholdedDetector
+        wrapping such a pipeline.
+    X : array-like of shape (n, H, W, 3) or (n, H, W)
+        Images.
+    sigma : float, default=4.0
+        Gaussian smoothing of the maps (pixels).
+
+    Returns
+    -------
+    result : :class:`~sklearn.utils.Bunch`
+        ``maps`` (n, H, W) float32, higher = more abnormal; ``scores`` (n,) image anomaly
+        scores (``-score_samples``); ``percentiles`` (n,) the same scores as anomaly
+        percentiles, 0-100 (see :func:`~sklearn_memad.thresholds.anomaly_percentile`);
+        ``threshold``, the image threshold on the ``scores`` scale (``-offset_`` or
+        ``-threshold_``); ``labels`` (n,) +1 normal / -1 anomaly, as ``predict``;
+        ``decision`` (n,), as ``decision_function``; ``vmin``, ``vmax`` from
+        :func:`anomaly_map_range`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_memad import FeatureTransformer, PaDiMDetector
+    >>> from sklearn_memad.maps import predict_anomaly_maps
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    >>> pipe = make_pipeline(
+    ...     FeatureTransformer(backbone="resnet18", weights=None, image_size=32,
+    ...                        max_features=8, random_state=0),
+    ...     PaDiMDetector(),
+    ... ).fit(images[:10])
+    >>> result = predict_anomaly_maps(pipe, images[10:])
+    >>> result.maps.shape, result.labels.shape
+    ((2, 32, 32), (2,))
+    >>> bool(np.allclose(result.decision, pipe.decision_function(images[10:])))
+    True
+    """
+    _, head, detector, _ = model_parts(estimator)
+    images = np.asarray(X)
+    grids = head.transform(images) if head is not None else images
+    patch_scores = detector.score_patches(grids)
+    scores = image_scores_from_patches(patch_scores, detector.top_k)
+    threshold = decision_threshold(estimator)
+    decision = -scores - threshold
+    vmin, vmax = anomaly_map_range(estimator)
+    return Bunch(
+        maps=patch_to_pixel_maps(patch_scores, images.shape[1:3], sigma),
+        scores=scores,
+        percentiles=percentiles(reference_scores(detector), scores),
+        threshold=-threshold,
+        decision=decision,
+        labels=np.where(decision < 0, -1, 1),
+        vmin=vmin,
+        vmax=vmax,
+    )

@@ -20,7 +20,8 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 
 from .maps import anomaly_maps
-from .metrics import _check_both_classes, _check_masks_maps, pro_curve
+from .metrics import pro_curve
+from .utils.labels import check_both_classes, check_masks_maps
 
 __all__ = ["mask_scores", "predict_masks", "select_pixel_threshold"]
 
@@ -193,8 +194,8 @@ def select_pixel_threshold(masks, maps, *, objective="f1", target=None):
             "objective='pro' needs a target: the per-region overlap to reach, a float in "
             "(0, 1], e.g. target=0.5."
         )
-    m, a = _check_masks_maps(masks, maps)
-    _check_both_classes(m, "pixel", "masks")
+    m, a = check_masks_maps(masks, maps)
+    check_both_classes(m, "pixel", "masks")
     if objective == "f1":
         threshold = _best_f1_threshold(m, a)
     else:

@@ -49,6 +49,8 @@ from scipy import ndimage
 from sklearn.metrics import make_scorer, precision_recall_curve, roc_auc_score
 from sklearn.utils._param_validation import Interval, Options, validate_params
 
+from .utils.labels import check_both_classes, check_labels, check_masks_maps, check_scores
+
 __all__ = [
     "image_auroc",
     "pixel_auroc",
@@ -60,105 +62,6 @@ __all__ = [
     "f1_max_scorer",
     "SCORERS",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Input checks
-# --------------------------------------------------------------------------------------------
-
-
-def _check_labels(y_true, name="y_true"):
-    """Return image labels as a boolean array, True = anomaly."""
-    y = np.asarray(y_true)
-    if y.ndim != 1:
-        raise ValueError(
-            f"{name} must be a 1-D array of image labels; got an array of shape {y.shape}."
-        )
-    if y.dtype == bool:
-        return y
-    if y.dtype.kind in "iuf":
-        values = np.unique(y)
-        if np.isin(values, (-1, 1)).all():
-            return y == -1
-    else:
-        values = np.unique(y.astype(object).astype(str)) if y.size else y
-    shown = values[:10].tolist()
-    raise ValueError(
-        f"{name} must hold +1 (normal) and -1 (anomaly), as scikit-learn outlier detectors "
-        f"predict, or booleans (True = anomaly); got values {shown}"
-        f"{' ...' if len(values) > 10 else ''}. For 0/1 labels with 1 = anomaly, pass "
-        f"{name}.astype(bool)."
-    )
-
-
-def _check_scores(y_score, n, name="y_score"):
-    """Return 1-D finite float scores of length ``n``."""
-    s = np.asarray(y_score)
-    if s.ndim != 1:
-        raise ValueError(
-            f"{name} must be a 1-D array of anomaly scores; got an array of shape {s.shape}."
-        )
-    if s.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be numeric anomaly scores; got dtype {s.dtype}.")
-    if s.shape[0] != n:
-        raise ValueError(
-            f"y_true and {name} have different lengths: y_true has shape ({n},), "
-            f"{name} has shape {s.shape}."
-        )
-    s = s.astype(np.float64, copy=False)
-    if not np.isfinite(s).all():
-        raise ValueError(f"{name} contains NaN or infinity; anomaly scores must be finite.")
-    return s
-
-
-def _check_both_classes(anomaly, what, name):
-    n_anomaly = int(np.count_nonzero(anomaly))
-    if n_anomaly == 0 or n_anomaly == anomaly.size:
-        bad = "defect" if what == "pixel" else "anomalous"
-        present = bad if n_anomaly else "normal"
-        raise ValueError(
-            f"Only one class is present in {name}: all {anomaly.size} {what}s are {present}. "
-            f"The metric is not defined in that case; {name} must hold both normal and "
-            f"{bad} {what}s."
-        )
-
-
-def _check_masks_maps(masks, maps):
-    """Return (masks bool (n, H, W), maps float (n, H, W)), checked against each other."""
-    m = np.asarray(masks)
-    a = np.asarray(maps)
-    if m.dtype != bool:
-        if m.dtype.kind not in "iuf":
-            raise TypeError(
-                f"masks must be boolean (True = defect pixel); got dtype {m.dtype}."
-            )
-        if m.size and not ((m == 0) | (m == 1)).all():
-            raise ValueError(
-                "masks must be boolean (True = defect pixel) or hold only 0 and 1; got "
-                f"values in [{m.min()}, {m.max()}]. For 0/255 masks pass masks > 0."
-            )
-        m = m.astype(bool)
-    if a.dtype.kind not in "iufb":
-        raise TypeError(f"maps must be numeric anomaly maps; got dtype {a.dtype}.")
-    if m.ndim not in (2, 3) or a.ndim not in (2, 3):
-        raise ValueError(
-            "masks and maps must have shape (n, H, W) (or (H, W) for one image); got "
-            f"masks of shape {m.shape} and maps of shape {a.shape}."
-        )
-    if m.shape != a.shape:
-        raise ValueError(
-            f"masks and maps must have the same shape; got masks of shape {m.shape} and "
-            f"maps of shape {a.shape}."
-        )
-    if m.size == 0:
-        raise ValueError(f"masks and maps are empty: shape {m.shape}.")
-    if m.ndim == 2:
-        m, a = m[None], a[None]
-    if a.dtype.kind != "f":
-        a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError("maps contains NaN or infinity; anomaly maps must be finite.")
-    return m, a
 
 
 def _split_pixels(m, a):
@@ -217,9 +120,9 @@ def image_auroc(y_true, y_score):
     >>> image_auroc([False, False, True, True], [0.1, 0.4, 0.35, 0.8])
     0.75
     """
-    anomaly = _check_labels(y_true)
-    score = _check_scores(y_score, anomaly.shape[0])
-    _check_both_classes(anomaly, "image", "y_true")
+    anomaly = check_labels(y_true)
+    score = check_scores(y_score, anomaly.shape[0])
+    check_both_classes(anomaly, "image", "y_true")
     return float(roc_auc_score(anomaly, score))
 
 
@@ -262,9 +165,9 @@ def f1_max(y_true, y_score):
     >>> round(f1_max([1, 1, -1, -1], [0.1, 0.4, 0.35, 0.8]), 4)
     0.8
     """
-    anomaly = _check_labels(y_true)
-    score = _check_scores(y_score, anomaly.shape[0])
-    _check_both_classes(anomaly, "image", "y_true")
+    anomaly = check_labels(y_true)
+    score = check_scores(y_score, anomaly.shape[0])
+    check_both_classes(anomaly, "image", "y_true")
     precision, recall, _ = precision_recall_curve(anomaly, score)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
@@ -319,8 +222,8 @@ def pixel_auroc(masks, maps):
     >>> round(pixel_auroc(masks, maps), 4)     # the defect beats 2 of 3 normal pixels
     0.6667
     """
-    m, a = _check_masks_maps(masks, maps)
-    _check_both_classes(m, "pixel", "masks")
+    m, a = check_masks_maps(masks, maps)
+    check_both_classes(m, "pixel", "masks")
     normal, defect = _split_pixels(m, a)
     defect.sort()  # sorted keys make the binary searches cache-friendly
     below = np.searchsorted(normal, defect, side="left").sum(dtype=np.float64)
@@ -366,8 +269,8 @@ def pixel_f1_max(masks, maps):
     >>> round(pixel_f1_max(masks, maps), 4)   # t = 0.3: P = 2/3, R = 1
     0.8
     """
-    m, a = _check_masks_maps(masks, maps)
-    _check_both_classes(m, "pixel", "masks")
+    m, a = check_masks_maps(masks, maps)
+    check_both_classes(m, "pixel", "masks")
     normal, defect = _split_pixels(m, a)
     defect = np.sort(defect)[::-1]
     # one candidate per distinct defect score: the last position of each run of ties
@@ -452,12 +355,12 @@ def pro_curve(masks, maps, *, connectivity=8):
     >>> fpr.round(4).tolist(), pro.tolist(), thr.tolist()
     ([0.0, 0.3333, 0.3333, 1.0], [0.0, 0.0, 1.0, 1.0], [inf, 0.9, 0.8, 0.1])
     """
-    m, a = _check_masks_maps(masks, maps)
+    m, a = check_masks_maps(masks, maps)
     return _pro_curve(m, a, int(connectivity))
 
 
 def _pro_curve(m, a, connectivity):
-    _check_both_classes(m, "pixel", "masks")
+    check_both_classes(m, "pixel", "masks")
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = _CONNECTIVITY[connectivity]  # no connection across images
     regions, n_regions = ndimage.label(m, structure=structure)
@@ -570,7 +473,7 @@ def aupro(masks, maps, max_fpr=0.3, *, connectivity=8):
     >>> round(aupro(masks, np.zeros((2, 4, 4))), 6)  # a constant map: max_fpr / 2
     0.15
     """
-    m, a = _check_masks_maps(masks, maps)
+    m, a = check_masks_maps(masks, maps)
     fpr, pro, _ = _pro_curve(m, a, int(connectivity))
     max_fpr = float(max_fpr)
     i = np.searchsorted(fpr, max_fpr, side="right")  # fpr[:i] <= max_fpr < fpr[i:]

@@ -90,7 +90,9 @@ class NormalOnlyKFold(BaseCrossValidator):
         if anomalous.size >= self.n_splits:
             anomaly_folds = [test for _, test in folds.split(anomalous)]
         elif anomalous.size:
-            anomaly_folds = [np.arange(anomalous.size)[i :: self.n_splits] for i in range(self.n_splits)]
+            anomaly_folds = [
+                np.arange(anomalous.size)[i :: self.n_splits] for i in range(self.n_splits)
+            ]
         for (train, test), anomaly_test in zip(folds.split(normal), anomaly_folds):
             yield normal[train], np.sort(np.concatenate([normal[test], anomalous[anomaly_test]]))
 

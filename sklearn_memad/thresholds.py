@@ -14,40 +14,23 @@ normal training images (scored out of sample) that look more normal than the ima
 from numbers import Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, OutlierMixin, clone
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, OutlierMixin, _fit_context, clone
 from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._indexing import _safe_indexing
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 from sklearn.utils.validation import _num_samples, check_is_fitted
 
-from ._validation import restore_on_error
-from .metrics import _check_labels
+from .utils.labels import check_labels
+from .utils.pipeline import model_parts
+from .utils.scores import percentiles, reference_scores
+from .utils.validation import check_objective_target, restore_on_error
 
 __all__ = ["ThresholdedDetector", "anomaly_percentile", "select_threshold"]
 
 _OBJECTIVES = {"f1", "recall", "fpr"}
 # Counts are compared with target * n; this absorbs float error (0.95 * 20 = 18.999...).
 _COUNT_TOL = 1e-9
-
-
-def _check_target(objective, target):
-    if objective == "f1":
-        if target is not None:
-            raise ValueError(
-                f"target={target!r} is not used with objective='f1' (the threshold with the "
-                "largest F1 is chosen); leave target=None, or choose objective='recall' or 'fpr'."
-            )
-    elif target is None:
-        if objective == "recall":
-            goal = "the fraction of defective"
-        else:
-            goal = "the largest fraction of normal"
-        raise ValueError(
-            f"objective={objective!r} needs a target: {goal} validation images to flag, a "
-            f"float in [0, 1], e.g. target={0.95 if objective == 'recall' else 0.05}."
-        )
 
 
 def _candidate_thresholds(scores):
@@ -128,8 +111,8 @@ def select_threshold(y_true, scores, *, objective="f1", target=None):
     >>> select_threshold(y, scores, objective="fpr", target=0.0).recall
     0.5
     """
-    _check_target(objective, target)
-    anomaly = _check_labels(y_true)
+    check_objective_target(objective, target)
+    anomaly = check_labels(y_true)
     s = np.asarray(scores)
     if s.ndim != 1 or s.shape[0] != anomaly.shape[0]:
         raise ValueError(
@@ -273,6 +256,7 @@ class ThresholdedDetector(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
+    @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y):
         """Fit the detector on normal images (unless prefit) and choose ``threshold_``.
 
@@ -289,8 +273,7 @@ class ThresholdedDetector(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self : object
             Fitted meta-estimator.
         """
-        self._validate_params()
-        _check_target(self.objective, self.target)
+        check_objective_target(self.objective, self.target)
         with restore_on_error(self):
             anomaly = self._checked_labels(X, y)
             if self.cv == "prefit":
@@ -328,7 +311,7 @@ class ThresholdedDetector(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 "is chosen on labelled validation images. To threshold without defective "
                 "images, set the detector's contamination instead."
             )
-        anomaly = _check_labels(y, name="y")
+        anomaly = check_labels(y, name="y")
         n = _num_samples(X)
         if anomaly.shape[0] != n:
             raise ValueError(f"y must have shape ({n},) to match X; got shape {anomaly.shape}.")
@@ -411,55 +394,6 @@ class ThresholdedDetector(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 # --------------------------------------------------------------------------------------------
 
 
-def _final_detector(estimator):
-    """The fitted sklearn_memad detector at the end of ``estimator`` (Pipeline, wrapper...)."""
-    while True:
-        if isinstance(estimator, Pipeline):
-            estimator = estimator.steps[-1][1]
-        elif isinstance(estimator, ThresholdedDetector):
-            check_is_fitted(estimator)
-            estimator = estimator.estimator_
-        else:
-            return estimator
-
-
-def _decision_threshold(estimator):
-    """``(threshold, decider)``: the threshold on ``score_samples`` that ``predict`` applies.
-
-    The outermost fitted :class:`ThresholdedDetector` decides with its ``threshold_``;
-    without one, the final detector decides with its ``offset_``. ``decider`` is that object.
-    """
-    while True:
-        if isinstance(estimator, Pipeline):
-            estimator = estimator.steps[-1][1]
-        elif isinstance(estimator, ThresholdedDetector):
-            check_is_fitted(estimator)
-            return float(estimator.threshold_), estimator
-        else:
-            return float(estimator.offset_), estimator
-
-
-def _reference_scores(detector):
-    """Sorted out-of-sample anomaly scores of the training images (``-train_scores_``)."""
-    reference = getattr(detector, "train_scores_", None)
-    if reference is None:
-        raise TypeError(
-            "estimator must be a fitted sklearn_memad detector (or a Pipeline or "
-            "ThresholdedDetector ending in one), whose train_scores_ hold the out-of-sample "
-            f"scores of its training images; got {type(detector).__name__} without "
-            "train_scores_."
-        )
-    return np.sort(-np.asarray(reference, dtype=np.float64))
-
-
-def _percentiles(reference, anomaly_scores):
-    """Anomaly percentiles of image anomaly scores against sorted ``reference`` scores."""
-    anomaly = np.asarray(anomaly_scores, dtype=np.float64)
-    below = np.searchsorted(reference, anomaly, side="left")
-    at_or_below = np.searchsorted(reference, anomaly, side="right")
-    return 100.0 * (below + at_or_below) / (2.0 * reference.size)
-
-
 @validate_params(
     {"estimator": [HasMethods(["score_samples"])], "X": ["array-like"]},
     prefer_skip_nested_validation=True,
@@ -509,5 +443,5 @@ def anomaly_percentile(estimator, X):
     100.0
     100.0
     """
-    reference = _reference_scores(_final_detector(estimator))  # checked before scoring
-    return _percentiles(reference, -np.asarray(estimator.score_samples(X), dtype=np.float64))
+    reference = reference_scores(model_parts(estimator).detector)  # checked before scoring
+    return percentiles(reference, -np.asarray(estimator.score_samples(X), dtype=np.float64))

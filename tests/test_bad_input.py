@@ -153,7 +153,7 @@ def test_anomaly_maps_bad_arguments():
 
 def test_finiteness_check_accepts_large_values_whose_sum_overflows():
     """The check's first pass is one sum: an overflow to infinity must not be taken for one."""
-    from sklearn_memad._validation import check_grids
+    from sklearn_memad.utils.validation import check_grids
 
     big = np.full((4, 2, 2, 3), np.finfo(np.float32).max / 2, dtype=np.float32)
     grids, _ = check_grids(RandomProjection(n_components=2), big, reset=True)
@@ -175,7 +175,7 @@ def test_float64_values_beyond_float32_are_refused_not_made_infinite(shape):
 def test_finiteness_check_follows_scikit_learns_assume_finite():
     from sklearn import config_context
 
-    from sklearn_memad._validation import check_grids
+    from sklearn_memad.utils.validation import check_grids
 
     X, _ = BAD["nan"]
     with config_context(assume_finite=True):

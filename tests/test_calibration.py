@@ -50,8 +50,10 @@ def synthetic():
 
 def _flagged(detector, contamination, scores):
     """Fraction of held-out ``scores`` below the offset ``contamination`` gives (no refit)."""
-    offset = clone(detector).set_params(contamination=contamination)._offset_from(
-        detector.train_scores_
+    offset = (
+        clone(detector)
+        .set_params(contamination=contamination)
+        ._offset_from(detector.train_scores_)
     )
     return float(np.mean(scores < offset))
 
@@ -126,7 +128,9 @@ IMAGE_SIZE = 96
 @pytest.fixture(scope="module")
 def mtd_grids():
     if not MTD.is_dir():
-        pytest.skip(f"the MTD data set is not at {MTD} (../shared/data/mtd next to the repository)")
+        pytest.skip(
+            f"the MTD data set is not at {MTD} (../shared/data/mtd next to the repository)"
+        )
     start = time.perf_counter()
     train = load_mvtec(MTD, "train", image_size=IMAGE_SIZE, n_jobs=2).images
     held_out = load_mvtec(MTD, "test", image_size=IMAGE_SIZE, kinds="good", n_jobs=2).images

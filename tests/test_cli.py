@@ -16,15 +16,10 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from sklearn_memad import anomaly_maps, cli
-from sklearn_memad.datasets import load_mvtec
-from sklearn_memad.demo import make_texture_anomalies, save_mvtec_layout
-from sklearn_memad.pipelines import (
-    MODEL_FORMAT,
-    ModelFileError,
-    load_model,
-    make_detector_pipeline,
-    save_model,
-)
+from sklearn_memad.cli import exit_codes
+from sklearn_memad.datasets import load_mvtec, make_texture_anomalies, save_mvtec_layout
+from sklearn_memad.persistence import MODEL_FORMAT, ModelFileError, load_model, save_model
+from sklearn_memad.pipelines import make_detector_pipeline
 from sklearn_memad.thresholds import ThresholdedDetector, anomaly_percentile
 
 SIZE = 48
@@ -121,8 +116,16 @@ def test_fit_on_a_plain_folder_and_score_single_files(category, tmp_path, capsys
     assert cli.main(["fit", "--train", str(train), "--out", str(model_path)] + FAST) == 0
     files = sorted((category / "test" / "good").glob("*.png"))
     code, out, err = _run(
-        ["score", "--model", str(model_path), *map(str, files), "--out", str(tmp_path / "o"),
-         "--no-overlays", "-q"],
+        [
+            "score",
+            "--model",
+            str(model_path),
+            *map(str, files),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-overlays",
+            "-q",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -140,7 +143,7 @@ def test_score_skips_and_reports_unreadable_images(model, category, tmp_path, ca
     code, out, err = _run(
         ["score", "--model", str(model), str(folder), "--out", str(tmp_path / "o"), "-q"], capsys
     )
-    assert code == cli.EXIT_OK
+    assert code == exit_codes.EXIT_OK
     assert "skipped 1 unreadable image" in err and "broken.png" in err
     assert "Traceback" not in err
     rows = _read_csv(tmp_path / "o" / "scores.csv")
@@ -164,14 +167,14 @@ def _fit_argv(train, out, *extra):
 @pytest.mark.parametrize(
     "case, code, message",
     [
-        ("missing", cli.EXIT_DATA, "does not exist"),
-        ("empty", cli.EXIT_DATA, "holds no image file"),
-        ("unreadable", cli.EXIT_DATA, "no readable image"),
-        ("backbone", cli.EXIT_USAGE, "not a known backbone"),
-        ("layers", cli.EXIT_USAGE, "not a submodule"),
-        ("ratio", cli.EXIT_USAGE, "--coreset-ratio"),
-        ("too_few", cli.EXIT_DATA, "at least 2"),
-        ("components", cli.EXIT_USAGE, "--n-components 1000"),
+        ("missing", exit_codes.EXIT_DATA, "does not exist"),
+        ("empty", exit_codes.EXIT_DATA, "holds no image file"),
+        ("unreadable", exit_codes.EXIT_DATA, "no readable image"),
+        ("backbone", exit_codes.EXIT_USAGE, "not a known backbone"),
+        ("layers", exit_codes.EXIT_USAGE, "not a submodule"),
+        ("ratio", exit_codes.EXIT_USAGE, "--coreset-ratio"),
+        ("too_few", exit_codes.EXIT_DATA, "at least 2"),
+        ("components", exit_codes.EXIT_USAGE, "--n-components 1000"),
     ],
 )
 def test_fit_errors_are_one_line_with_exit_codes(case, code, message, category, tmp_path, capsys):
@@ -206,10 +209,20 @@ def test_fit_errors_are_one_line_with_exit_codes(case, code, message, category, 
 def test_weights_unavailable_offline_is_a_setup_error(category, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SKLEARN_MEMAD_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
-    argv = ["fit", "--train", str(category), "--out", str(tmp_path / "m.joblib"),
-            "--backbone", "resnet18", "--image-size", str(SIZE), "-q"]
+    argv = [
+        "fit",
+        "--train",
+        str(category),
+        "--out",
+        str(tmp_path / "m.joblib"),
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        str(SIZE),
+        "-q",
+    ]
     code, _, err = _run(argv, capsys)
-    assert code == cli.EXIT_SETUP
+    assert code == exit_codes.EXIT_SETUP
     assert "resnet18" in err and "Traceback" not in err
 
 
@@ -225,8 +238,9 @@ def _incompatible_model(path, pipe):
     module.Gone = Gone
     sys.modules[module.__name__] = module
     try:
-        joblib.dump({"sklearn_memad_model": 1, "version": "0.0.1", "pipeline": pipe,
-                     "extra": Gone()}, path)
+        joblib.dump(
+            {"sklearn_memad_model": 1, "version": "0.0.1", "pipeline": pipe, "extra": Gone()}, path
+        )
     finally:
         del sys.modules[module.__name__]
 
@@ -240,8 +254,9 @@ def test_score_refuses_bad_model_files(case, model, category, tmp_path, capsys):
     elif case == "dict":
         joblib.dump({"weights": [1, 2, 3]}, path)
     elif case == "newer":
-        joblib.dump({"sklearn_memad_model": MODEL_FORMAT + 1, "version": "9.0",
-                     "pipeline": pipe}, path)
+        joblib.dump(
+            {"sklearn_memad_model": MODEL_FORMAT + 1, "version": "9.0", "pipeline": pipe}, path
+        )
     elif case == "incompatible":
         _incompatible_model(path, pipe)
     elif case == "other":
@@ -260,7 +275,7 @@ def test_score_refuses_bad_model_files(case, model, category, tmp_path, capsys):
         ["score", "--model", str(path), str(category / "test"), "--out", str(tmp_path / "o")],
         capsys,
     )
-    assert code == cli.EXIT_MODEL
+    assert code == exit_codes.EXIT_MODEL
     assert message in err
     assert len(err.strip().splitlines()) == 1
     with pytest.raises((ModelFileError, FileNotFoundError)):
@@ -272,8 +287,15 @@ def test_score_accepts_a_bare_joblib_pipeline(model, category, tmp_path, capsys)
     path = tmp_path / "bare.joblib"
     joblib.dump(pipe, path)
     code, _, err = _run(
-        ["score", "--model", str(path), str(category / "test" / "good"), "--out",
-         str(tmp_path / "o"), "-q"],
+        [
+            "score",
+            "--model",
+            str(path),
+            str(category / "test" / "good"),
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -282,13 +304,13 @@ def test_score_accepts_a_bare_joblib_pipeline(model, category, tmp_path, capsys)
 @pytest.mark.parametrize(
     "argv, code",
     [
-        (["score", "--model", "{model}", "{tmp}/nope.png"], cli.EXIT_DATA),
-        (["score", "--model", "{model}", "{tmp}/empty"], cli.EXIT_DATA),
-        (["frobnicate"], cli.EXIT_USAGE),
-        (["fit"], cli.EXIT_USAGE),
-        (["demo", "--textures", "wood", "--out", "{tmp}/d"], cli.EXIT_USAGE),
-        (["--version"], cli.EXIT_OK),
-        (["score", "--help"], cli.EXIT_OK),
+        (["score", "--model", "{model}", "{tmp}/nope.png"], exit_codes.EXIT_DATA),
+        (["score", "--model", "{model}", "{tmp}/empty"], exit_codes.EXIT_DATA),
+        (["frobnicate"], exit_codes.EXIT_USAGE),
+        (["fit"], exit_codes.EXIT_USAGE),
+        (["demo", "--textures", "wood", "--out", "{tmp}/d"], exit_codes.EXIT_USAGE),
+        (["--version"], exit_codes.EXIT_OK),
+        (["score", "--help"], exit_codes.EXIT_OK),
     ],
 )
 def test_usage_and_input_exit_codes(argv, code, model, tmp_path, capsys):
@@ -318,9 +340,7 @@ def test_save_and_load_model_header(category, tmp_path):
 
 def test_demo_small_run(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, printed, err = _run(
-        ["demo", "--small", "--out", str(out)] + FAST, capsys
-    )
+    code, printed, err = _run(["demo", "--small", "--out", str(out)] + FAST, capsys)
     assert code == 0, err
     for name in ("PatchCore", "PaDiM", "DFKDE", "image AUROC", "pixel AUROC", "fit s"):
         assert name in printed
@@ -363,10 +383,12 @@ def test_python_dash_m_exit_code_and_no_matplotlib_import(tmp_path):
     missing = tmp_path / "nope"
     done = subprocess.run(
         [sys.executable, "-c", code, "fit", "--train", str(missing)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert done.returncode == cli.EXIT_DATA, done.stderr
+    assert done.returncode == exit_codes.EXIT_DATA, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"memad fit: error: the training folder '{missing}' does not exist"
     ]
@@ -383,8 +405,9 @@ def test_pickle_of_model_file_has_no_torch_module(model):
 def recall_model(category, tmp_path_factory):
     """A model whose threshold is chosen for recall 1.0 on the category's test images."""
     path = tmp_path_factory.mktemp("recall") / "model.joblib"
-    argv = _fit_argv(category, path, "--validation", str(category), "--objective", "recall",
-                     "--target", "1.0")
+    argv = _fit_argv(
+        category, path, "--validation", str(category), "--objective", "recall", "--target", "1.0"
+    )
     assert cli.main(argv) == 0
     return path
 
@@ -429,8 +452,16 @@ def test_score_decides_with_the_validation_threshold(recall_model, category, tmp
     detector = model.estimator_[-1]
     out_dir = tmp_path / "o"
     code, out, err = _run(
-        ["score", "--model", str(recall_model), str(category / "test"), "--out", str(out_dir),
-         "--no-overlays", "-q"],
+        [
+            "score",
+            "--model",
+            str(recall_model),
+            str(category / "test"),
+            "--out",
+            str(out_dir),
+            "--no-overlays",
+            "-q",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -501,8 +532,17 @@ def test_score_writes_defect_masks_from_the_pixel_threshold(
     for flags, warned in ((["--no-masks"], False), (["--sigma", "2"], True)):
         again = tmp_path / ("m" + flags[0])
         code, out, err = _run(
-            ["score", "--model", str(recall_model), str(new), "--out", str(again),
-             "--no-overlays", "-q", *flags],
+            [
+                "score",
+                "--model",
+                str(recall_model),
+                str(new),
+                "--out",
+                str(again),
+                "--no-overlays",
+                "-q",
+                *flags,
+            ],
             capsys,
         )
         assert code == 0, err
@@ -516,8 +556,9 @@ def test_validation_without_masks_in_a_plain_folder(category, tmp_path, capsys):
     shutil.copytree(category / "test", plain)
     path = tmp_path / "m.joblib"
     code, out, err = _run(
-        _fit_argv(category, path, "--validation", str(plain), "--objective", "fpr",
-                  "--target", "0.5"),
+        _fit_argv(
+            category, path, "--validation", str(plain), "--objective", "fpr", "--target", "0.5"
+        ),
         capsys,
     )
     assert code == 0, err
@@ -535,14 +576,17 @@ def test_validation_without_masks_in_a_plain_folder(category, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, code, message",
     [
-        (["--objective", "recall"], cli.EXIT_USAGE, "objective='recall' needs a target"),
-        (["--objective", "fpr", "--target", "abc"], cli.EXIT_USAGE, "got 'abc'"),
-        (["--objective", "recall", "--target", "1.5"], cli.EXIT_USAGE, "Got 1.5 instead"),
-        (["--target", "0.9"], cli.EXIT_USAGE, "is not used with objective='f1'"),
-        (["no-validation", "--objective", "recall", "--target", "0.9"], cli.EXIT_USAGE,
-         "without --validation"),
-        (["overlap"], cli.EXIT_USAGE, "training images too"),
-        (["only-good"], cli.EXIT_DATA, "normal images only"),
+        (["--objective", "recall"], exit_codes.EXIT_USAGE, "objective='recall' needs a target"),
+        (["--objective", "fpr", "--target", "abc"], exit_codes.EXIT_USAGE, "got 'abc'"),
+        (["--objective", "recall", "--target", "1.5"], exit_codes.EXIT_USAGE, "Got 1.5 instead"),
+        (["--target", "0.9"], exit_codes.EXIT_USAGE, "is not used with objective='f1'"),
+        (
+            ["no-validation", "--objective", "recall", "--target", "0.9"],
+            exit_codes.EXIT_USAGE,
+            "without --validation",
+        ),
+        (["overlap"], exit_codes.EXIT_USAGE, "training images too"),
+        (["only-good"], exit_codes.EXIT_DATA, "normal images only"),
     ],
 )
 def test_fit_validation_errors_are_one_line(extra, code, message, category, tmp_path, capsys):

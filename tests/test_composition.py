@@ -29,7 +29,10 @@ SIZE = 48
 
 def _features(**kwargs):
     params = dict(
-        backbone="resnet18", layers=("layer2", "layer3"), weights=None, image_size=SIZE,
+        backbone="resnet18",
+        layers=("layer2", "layer3"),
+        weights=None,
+        image_size=SIZE,
         random_state=0,
     )
     params.update(kwargs)
@@ -66,13 +69,15 @@ def data():
 
 PIPELINES = {
     "padim": lambda: make_pipeline(
-        _features(), RandomProjection(40, method="channels", random_state=0), PaDiMDetector()
+        _features(),
+        RandomProjection(n_components=40, method="channels", random_state=0),
+        PaDiMDetector(),
     ),
     "patchcore": lambda: make_pipeline(
         _features(), LocalAggregation(), PatchCoreDetector(coreset_ratio=0.1, random_state=0)
     ),
     "dfkde": lambda: make_pipeline(
-        _features(), RandomProjection(16, random_state=0), DFKDEDetector()
+        _features(), RandomProjection(n_components=16, random_state=0), DFKDEDetector()
     ),
 }
 
@@ -144,7 +149,10 @@ def test_grid_search_tunes_detectors_and_refits_on_normals_only(data, tmp_path):
 
     kde = GridSearchCV(
         make_pipeline(
-            _features(), RandomProjection(8, random_state=0), DFKDEDetector(), memory=str(tmp_path)
+            _features(),
+            RandomProjection(n_components=8, random_state=0),
+            DFKDEDetector(),
+            memory=str(tmp_path),
         ),
         {"dfkdedetector__bandwidth": ["scott", 0.5, 2.0]},
         scoring="roc_auc",
@@ -191,8 +199,13 @@ def test_joblib_round_trip_in_fresh_process(name, data, tmp_path):
 
 @pytest.mark.parametrize(
     "estimator",
-    [PaDiMDetector(), PatchCoreDetector(random_state=0), DFKDEDetector(), LocalAggregation(3),
-     RandomProjection(4, random_state=0)],
+    [
+        PaDiMDetector(),
+        PatchCoreDetector(random_state=0),
+        DFKDEDetector(),
+        LocalAggregation(size=3),
+        RandomProjection(n_components=4, random_state=0),
+    ],
     ids=lambda est: type(est).__name__,
 )
 def test_read_only_grids_and_memory_mapped_models_score_without_warnings(estimator, tmp_path):

@@ -32,8 +32,14 @@ def _mask(h, w, rows, cols):
 def tiny(tmp_path):
     """An MVTec-layout folder: mixed formats, greyscale and colour, two sizes, masks."""
     root = tmp_path / "tile"
-    for sub in ("train/good", "test/good", "test/crack", "test/hole", "ground_truth/crack",
-                "ground_truth/hole"):
+    for sub in (
+        "train/good",
+        "test/good",
+        "test/crack",
+        "test/hole",
+        "ground_truth/crack",
+        "ground_truth/hole",
+    ):
         (root / sub).mkdir(parents=True)
     src = {}
     # train: colour PNG and greyscale JPEG of 20 x 30, colour BMP of 24 x 36, and clutter
@@ -103,8 +109,10 @@ def test_resize_tuple_is_height_width(tiny):
         np.testing.assert_array_equal(data.masks[i], (masks[name] > 0)[::2, ::2])
     assert not data.masks[2].any()
     # images: antialiased bilinear, as Pillow does it
-    expected = Image.open(root / "test/hole/h0.tif").convert("RGB").resize(
-        (15, 10), Image.Resampling.BILINEAR
+    expected = (
+        Image.open(root / "test/hole/h0.tif")
+        .convert("RGB")
+        .resize((15, 10), Image.Resampling.BILINEAR)
     )
     np.testing.assert_array_equal(data.images[3], np.asarray(expected))
     # upscaling works too, and an int gives square images
@@ -124,7 +132,9 @@ def test_train_split_mixed_sizes(tiny):
     assert not data.masks.any() and data.kinds.tolist() == ["good"] * 3
     np.testing.assert_array_equal(data.original_sizes, [[20, 30], [20, 30], [24, 36]])
     grey = data.images[1]
-    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 0], grey[..., 2])
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(
+        grey[..., 0], grey[..., 2]
+    )
 
 
 def test_kinds_and_max_per_kind(tiny):
@@ -159,7 +169,9 @@ def test_errors(tiny, tmp_path):
     root, _, _ = tiny
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_mvtec(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"validation.*\['ground_truth', 'test', 'train'\]"):
+    with pytest.raises(
+        FileNotFoundError, match=r"validation.*\['ground_truth', 'test', 'train'\]"
+    ):
         load_mvtec(root, "validation")
     with pytest.raises(FileNotFoundError, match=r"scratch.*\['crack', 'good', 'hole'\]"):
         load_mvtec(root, "test", kinds=["crack", "scratch"])
@@ -180,7 +192,9 @@ def test_errors(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ground_truth[/\\]crack[/\\]c1_mask\.png"):
         load_mvtec(root, "test")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "ground_truth/crack/c1_mask.png")
-    with pytest.raises(ValueError, match=r"c1_mask\.png' has \(height, width\) \(10, 10\).*\(20, 30\)"):
+    with pytest.raises(
+        ValueError, match=r"c1_mask\.png' has \(height, width\) \(10, 10\).*\(20, 30\)"
+    ):
         load_mvtec(root, "test", image_size=8)
     (root / "c1_mask.png").replace(root / "ground_truth/crack/c1_mask.png")
 
@@ -214,6 +228,10 @@ def test_mtd():
     assert len(empty) == 6
     for i in empty:
         path = Path(test.paths[i])
-        source = np.asarray(Image.open(MTD / "ground_truth" / path.parent.name /
-                                       f"{path.stem}_mask.png")) > 0
+        source = (
+            np.asarray(
+                Image.open(MTD / "ground_truth" / path.parent.name / f"{path.stem}_mask.png")
+            )
+            > 0
+        )
         assert test.kinds[i] == "uneven" and source.sum() <= 3

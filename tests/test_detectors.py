@@ -5,7 +5,7 @@ import pytest
 from sklearn.base import clone
 
 from sklearn_memad import DFKDEDetector, PaDiMDetector, PatchCoreDetector
-from sklearn_memad.detectors._base import image_scores_from_patches
+from sklearn_memad.detectors import image_scores_from_patches
 
 DETECTORS = [
     PaDiMDetector(),
@@ -141,9 +141,7 @@ def test_2d_input_is_one_patch_per_sample(detector):
     X = rng.normal(size=(50, 4))
     est = clone(detector).fit(X)
     assert est.n_features_in_ == 4
-    np.testing.assert_allclose(
-        est.score_patches(X[:5]).reshape(5), -est.score_samples(X[:5])
-    )
+    np.testing.assert_allclose(est.score_patches(X[:5]).reshape(5), -est.score_samples(X[:5]))
     grids = clone(detector).fit(X.reshape(50, 1, 1, 4))
     np.testing.assert_allclose(grids.score_samples(X[:5]), est.score_samples(X[:5]), rtol=1e-6)
 
@@ -268,8 +266,9 @@ def test_patchcore_leave_one_image_out_excludes_own_entries(train):
 
 
 def test_patchcore_coreset_is_greedy_k_center():
-    from sklearn_memad.neighbors._coreset import greedy_coreset, project_for_coreset
     from sklearn.utils import check_random_state
+
+    from sklearn_memad.neighbors._coreset import greedy_coreset, project_for_coreset
 
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(2000, 16)) * rng.random((2000, 1)) * 3).astype(np.float32)
@@ -295,9 +294,7 @@ def test_coreset_look_ahead_keeps_the_greedy_selection(monkeypatch):
     X = rng.normal(size=(12_000, 6)).astype(np.float32)
     passes = []
     measure = coreset._measure_ahead
-    monkeypatch.setattr(
-        coreset, "_measure_ahead", lambda *a: passes.append(1) or measure(*a)
-    )
+    monkeypatch.setattr(coreset, "_measure_ahead", lambda *a: passes.append(1) or measure(*a))
     chosen = coreset.greedy_coreset(X, 150, projection_dim=None, random_state=0)
     points = X.astype(np.float64)
     ref = [np.random.RandomState(0).randint(len(X))]
@@ -321,9 +318,10 @@ def test_patchcore_approximate_search_agrees_with_exact():
     assert approx.coreset_.shape[0] > 64  # large enough that pynndescent is really used
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
     np.testing.assert_allclose(
-        approx.score_patches(test), PatchCoreDetector(
-            coreset_ratio=0.2, search="approximate", random_state=0
-        ).fit(train).score_patches(test)
+        approx.score_patches(test),
+        PatchCoreDetector(coreset_ratio=0.2, search="approximate", random_state=0)
+        .fit(train)
+        .score_patches(test),
     )
 
 
@@ -370,7 +368,9 @@ def test_dfkde_leave_one_out_drops_own_kernel():
     sq = ((z[3] - np.delete(z, 3, axis=0)) ** 2).sum(1)
     h = est.bandwidth_
     log_density = (
-        np.log(np.exp(-sq / (2 * h * h)).sum()) - np.log(29) - np.log(2 * np.pi * h * h)
+        np.log(np.exp(-sq / (2 * h * h)).sum())
+        - np.log(29)
+        - np.log(2 * np.pi * h * h)
         - np.log(est.scale_[0].astype(float)).sum()
     )
     assert oos.ravel()[3] == pytest.approx(-log_density, rel=1e-4)

@@ -13,15 +13,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sklearn_memad import anomaly_maps  # noqa: E402
-from sklearn_memad.demo import make_texture_anomalies  # noqa: E402
+from sklearn_memad.datasets import make_texture_anomalies  # noqa: E402
 from sklearn_memad.display import (  # noqa: E402
     AnomalyMapDisplay,
-    anomaly_map_range,
     compose_panels,
     overlay_image,
-    predict_anomaly_maps,
     write_overlay,
 )
+from sklearn_memad.maps import anomaly_map_range, predict_anomaly_maps  # noqa: E402
 from sklearn_memad.pipelines import make_detector_pipeline  # noqa: E402
 from sklearn_memad.thresholds import ThresholdedDetector, anomaly_percentile  # noqa: E402
 
@@ -157,8 +156,16 @@ def test_write_overlay_png(tmp_path):
     amap[10:20, 30:40] = 3.0
     mask = amap > 0
     path = write_overlay(
-        tmp_path / "x.png", image, amap, score=3.0, threshold=1.0, vmin=0.0, vmax=2.0,
-        mask=mask, title="x.png", name="PatchCore",
+        tmp_path / "x.png",
+        image,
+        amap,
+        score=3.0,
+        threshold=1.0,
+        vmin=0.0,
+        vmax=2.0,
+        mask=mask,
+        title="x.png",
+        name="PatchCore",
     )
     with Image.open(path) as im:
         picture = np.asarray(im.convert("RGB"))

@@ -15,7 +15,11 @@ def _run(script, *args, cwd, small=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *(["--small"] if small else []), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -49,7 +53,7 @@ def test_compare_detectors(tmp_path):
 def test_your_own_folder(tmp_path, given_folder):
     args = ["--out", str(tmp_path / "out")]
     if given_folder:
-        from sklearn_memad.demo import make_texture_anomalies, save_mvtec_layout
+        from sklearn_memad.datasets import make_texture_anomalies, save_mvtec_layout
 
         data = make_texture_anomalies(
             "grass", n_train=6, n_test_normal=2, n_test_per_defect=1, image_size=48

@@ -130,7 +130,9 @@ def test_max_features_keeps_a_seeded_subset_picked_before_resampling(fitted, ima
     # Picking before the bilinear resampling is the same as picking after it.
     np.testing.assert_allclose(sub.transform(images), grids[..., kept], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(make(max_features=50).fit(images).features_kept_, kept)
-    assert not np.array_equal(make(max_features=50, random_state=1).fit(images).features_kept_, kept)
+    assert not np.array_equal(
+        make(max_features=50, random_state=1).fit(images).features_kept_, kept
+    )
 
 
 def test_max_features_at_or_above_d_keeps_everything(images, grids):
@@ -236,7 +238,9 @@ def _reference_resnet_features(model, images):
     """Features of layer2 + layer3 computed by hand, independently of the estimator."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True)
-    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
+        :, None, None
+    ]
     with torch.no_grad():
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         layer2 = model.layer2(model.layer1(x))
@@ -447,18 +451,23 @@ def test_efficientnet_lite0_features(lite0, images):
     assert out.std() > 0
 
 
-def test_efficientnet_lite0_lists_its_layer_names(images):
+def test_efficientnet_lite0_default_layers_and_layer_names(images):
     pytest.importorskip("efficientnet_lite_pytorch")
+    # The default layers are the backbone's recommended ones, for every backbone.
+    fitted = FeatureTransformer(backbone="efficientnet_lite0", image_size=SIZE).fit(images)
+    assert fitted.feature_shape_[2] == 40 + 112
     with pytest.raises(ValueError, match=r"'_blocks'.*Recommended.*'_blocks.4', '_blocks.10'"):
-        FeatureTransformer(backbone="efficientnet_lite0", image_size=SIZE).fit(images)
+        FeatureTransformer(backbone="efficientnet_lite0", layers=("layer2",), image_size=SIZE).fit(
+            images
+        )
 
 
 def test_efficientnet_lite_weights_names(images):
     pytest.importorskip("efficientnet_lite_pytorch")
     with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V1'.*\['DEFAULT'\]"):
-        FeatureTransformer(backbone="efficientnet_lite0", layers=None, weights="IMAGENET1K_V1").fit(
-            images
-        )
+        FeatureTransformer(
+            backbone="efficientnet_lite0", layers=None, weights="IMAGENET1K_V1"
+        ).fit(images)
 
 
 def test_no_network_needed_for_lite0(images, monkeypatch, tmp_path):

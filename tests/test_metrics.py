@@ -45,7 +45,9 @@ def _brute_aupro(masks, maps, max_fpr, connectivity=8):
     i = np.searchsorted(fpr, max_fpr, side="right")
     x, y = list(fpr[:i]), list(pro[:i])
     if x[-1] < max_fpr:
-        y.append(pro[i - 1] + (pro[i] - pro[i - 1]) * (max_fpr - fpr[i - 1]) / (fpr[i] - fpr[i - 1]))
+        y.append(
+            pro[i - 1] + (pro[i] - pro[i - 1]) * (max_fpr - fpr[i - 1]) / (fpr[i] - fpr[i - 1])
+        )
         x.append(max_fpr)
     return np.trapezoid(y, x) / max_fpr
 
@@ -261,9 +263,13 @@ def test_image_metrics_agree_with_sklearn_and_label_forms():
 
 @pytest.mark.parametrize("metric", [image_auroc, f1_max])
 def test_image_metric_errors(metric):
-    with pytest.raises(ValueError, match=r"Only one class is present in y_true: all 3 images are normal"):
+    with pytest.raises(
+        ValueError, match=r"Only one class is present in y_true: all 3 images are normal"
+    ):
         metric([1, 1, 1], [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match=r"Only one class is present in y_true: all 2 images are anomalous"):
+    with pytest.raises(
+        ValueError, match=r"Only one class is present in y_true: all 2 images are anomalous"
+    ):
         metric([True, True], [0.1, 0.2])
     with pytest.raises(ValueError, match=r"y_true has shape \(3,\), y_score has shape \(2,\)"):
         metric([1, -1, 1], [0.1, 0.2])
@@ -282,9 +288,13 @@ def test_pixel_metric_errors(metric):
     masks, maps = _hand_case()
     with pytest.raises(ValueError, match=r"masks of shape \(2, 4, 4\).*maps of shape \(2, 4, 5\)"):
         metric(masks, np.zeros((2, 4, 5)))
-    with pytest.raises(ValueError, match=r"Only one class is present in masks: all 32 pixels are normal"):
+    with pytest.raises(
+        ValueError, match=r"Only one class is present in masks: all 32 pixels are normal"
+    ):
         metric(np.zeros_like(masks), maps)
-    with pytest.raises(ValueError, match=r"Only one class is present in masks: all 32 pixels are defect"):
+    with pytest.raises(
+        ValueError, match=r"Only one class is present in masks: all 32 pixels are defect"
+    ):
         metric(np.ones_like(masks), maps)
     bad = maps.copy()
     bad[1, 2, 2] = np.nan

@@ -60,13 +60,15 @@ def _spread(mask, k):
 
 DETECTORS = {
     "padim": lambda: make_pipeline(
-        RandomProjection(100, method="channels", random_state=0), PaDiMDetector()
+        RandomProjection(n_components=100, method="channels", random_state=0), PaDiMDetector()
     ),
     "patchcore": lambda: make_pipeline(
         LocalAggregation(),
         PatchCoreDetector(coreset_ratio=0.1, n_neighbors=1, random_state=0),
     ),
-    "dfkde": lambda: make_pipeline(RandomProjection(16, random_state=0), DFKDEDetector()),
+    "dfkde": lambda: make_pipeline(
+        RandomProjection(n_components=16, random_state=0), DFKDEDetector()
+    ),
 }
 
 

@@ -260,7 +260,9 @@ def test_joblib_round_trip(labelled, held_out, tmp_path):
     X, y = labelled
     X_new, _ = held_out
     td = ThresholdedDetector(
-        PatchCoreDetector(coreset_ratio=0.2, random_state=0), objective="fpr", target=0.1,
+        PatchCoreDetector(coreset_ratio=0.2, random_state=0),
+        objective="fpr",
+        target=0.1,
         random_state=0,
     ).fit(X, y)
     joblib.dump(td, tmp_path / "td.joblib")
@@ -273,7 +275,9 @@ def test_joblib_round_trip(labelled, held_out, tmp_path):
 def test_grid_search(labelled):
     X, y = labelled
     td = ThresholdedDetector(
-        PatchCoreDetector(coreset_ratio=0.2, random_state=0), objective="recall", target=0.9,
+        PatchCoreDetector(coreset_ratio=0.2, random_state=0),
+        objective="recall",
+        target=0.9,
         random_state=0,
     )
     search = GridSearchCV(
@@ -335,7 +339,7 @@ def test_percentile_is_one_scale_for_every_detector(held_out):
 def test_percentile_needs_a_memad_detector(labelled):
     X, y = labelled
     forest = IsolationForest(random_state=0).fit(X[y == 1].reshape(120, -1))
-    with pytest.raises(TypeError, match="IsolationForest without train_scores_"):
+    with pytest.raises(TypeError, match="IsolationForest as the final step"):
         anomaly_percentile(forest, X[:3].reshape(3, -1))
 
 

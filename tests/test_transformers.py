@@ -51,7 +51,9 @@ def test_local_aggregation_in_place_overwrites_a_writable_input_and_spares_the_r
     # A read-only input, or one that check_grids must convert, is never written to.
     frozen = before.copy()
     frozen.flags.writeable = False
-    np.testing.assert_array_equal(LocalAggregation(size=3, copy=False).fit_transform(frozen), expected)
+    np.testing.assert_array_equal(
+        LocalAggregation(size=3, copy=False).fit_transform(frozen), expected
+    )
     np.testing.assert_array_equal(frozen, before)
     as_float64 = before.astype(np.float64)
     aggregated = LocalAggregation(size=3, copy=False).fit(before).transform(as_float64)

@@ -50,13 +50,29 @@ def band_layout(d):
         offset = rectangle.stop
         shape, shift = (second + 1, first), first - second
         bands.append(
-            Band(a, middle, dense_first, rectangle, shape, slice(1 - shift, second + 1),
-                 slice(0, first), False)
+            Band(
+                a,
+                middle,
+                dense_first,
+                rectangle,
+                shape,
+                slice(1 - shift, second + 1),
+                slice(0, first),
+                False,
+            )
         )
         if second:
             bands.append(
-                Band(middle, middle + second, dense_second, rectangle, shape, slice(0, second),
-                     slice(shift, shift + second), True)
+                Band(
+                    middle,
+                    middle + second,
+                    dense_second,
+                    rectangle,
+                    shape,
+                    slice(0, second),
+                    slice(shift, shift + second),
+                    True,
+                )
             )
         a = middle + second
     return bands
@@ -77,7 +93,9 @@ def pack_banded(factor):
         packed[:, band.dense] = factor[:, a:b, :a].reshape(m, -1)
         triangle = torch.tril(factor[:, a:b, a:b])
         # The two windows of a rectangle overlap, but their triangles do not.
-        _stored_window(packed, band).add_(triangle.transpose(1, 2) if band.transposed else triangle)
+        _stored_window(packed, band).add_(
+            triangle.transpose(1, 2) if band.transposed else triangle
+        )
     return packed
 
 
@@ -123,8 +141,11 @@ class BandedProduct:
         for k, band in enumerate(self.bands):
             a, b = band.a, band.b
             width = b - a
-            tile = torch.mul(_stored_window(packed, band), self._masks[width, band.transposed],
-                             out=self._tiles[width][:m])
+            tile = torch.mul(
+                _stored_window(packed, band),
+                self._masks[width, band.transposed],
+                out=self._tiles[width][:m],
+            )
             if band.transposed:
                 tile = tile.transpose(1, 2)
             whitened = torch.bmm(tile, centred[:, a:b])

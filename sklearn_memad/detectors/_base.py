@@ -11,23 +11,45 @@ calibrated ``offset_`` and the outlier API.
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import check_grid_shape, check_grids, restore_on_error
+from ..utils.validation import check_grid_shape, check_grids, restore_on_error
 
-__all__ = ["MemoryDetectorMixin", "image_scores_from_patches"]
-
-# Rows of intermediate work arrays are sized to stay near this many bytes.
-WORK_BYTES = 128 << 20
+__all__ = ["BaseMemoryDetector", "image_scores_from_patches"]
 
 # "auto" flags images beyond Tukey's upper fence of the out-of-sample normal anomaly scores.
 _TUKEY_FENCE = 1.5
 
 
 def image_scores_from_patches(patch_scores, top_k=1):
-    """Image anomaly score: the largest patch score, or the mean of the ``top_k`` largest."""
+    """Image anomaly scores from patch anomaly scores: the largest, or the ``top_k`` mean.
+
+    This is how every detector turns ``score_patches`` into ``score_samples`` (which is its
+    opposite), so scores computed from saved patch maps agree with the detector's.
+
+    Parameters
+    ----------
+    patch_scores : ndarray of shape (n, h, w)
+        Patch anomaly scores, higher = more abnormal (``score_patches``).
+    top_k : int, default=1
+        Average of the ``top_k`` largest patch scores of each image; 1 takes the largest.
+
+    Returns
+    -------
+    scores : ndarray of shape (n,), float64
+        Image anomaly scores, higher = more abnormal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad.detectors import image_scores_from_patches
+    >>> patches = np.array([[[0.0, 1.0], [3.0, 2.0]]])
+    >>> image_scores_from_patches(patches), image_scores_from_patches(patches, top_k=2)
+    (array([3.]), array([2.5]))
+    """
+    patch_scores = np.asarray(patch_scores)
     flat = patch_scores.reshape(patch_scores.shape[0], -1)
     k = int(min(top_k, flat.shape[1]))
     if k == 1:
@@ -36,13 +58,14 @@ def image_scores_from_patches(patch_scores, top_k=1):
     return top.mean(axis=1, dtype=np.float64)
 
 
-def chunk_rows(bytes_per_row, budget=WORK_BYTES):
-    """How many rows of ``bytes_per_row`` fit in the work budget (at least one)."""
-    return int(max(1, budget // max(int(bytes_per_row), 1)))
+class BaseMemoryDetector(OutlierMixin, BaseEstimator):
+    """Base class of the memory-based detectors: PaDiM, PatchCore and DFKDE.
 
-
-class MemoryDetectorMixin(OutlierMixin, BaseEstimator):
-    """Base class of PaDiMDetector, PatchCoreDetector and DFKDEDetector (not public)."""
+    Not meant to be used directly. A subclass builds its memory (``_fit_memory``), scores
+    patches against it (``_score_patches``) and scores its training grids out of sample
+    (``_out_of_sample_patch_scores``); this class validates input, reduces patch scores to
+    image scores, calibrates ``offset_`` and provides scikit-learn's outlier API.
+    """
 
     # Novelty detectors, as LocalOutlierFactor(novelty=True): scikit-learn's checks read this.
     novelty = True
@@ -57,6 +80,7 @@ class MemoryDetectorMixin(OutlierMixin, BaseEstimator):
     }
 
     # ----------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Build the memory from normal patch-feature grids and calibrate ``offset_``.
 
@@ -74,7 +98,6 @@ class MemoryDetectorMixin(OutlierMixin, BaseEstimator):
         self : object
             Fitted detector.
         """
-        self._validate_params()
         with restore_on_error(self):
             grids = self._validated_training_grids(X, y)
             self._fit_memory(grids)

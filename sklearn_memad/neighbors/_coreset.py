@@ -16,7 +16,7 @@ import torch
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
-from .._progress import progress
+from ..utils.progress import progress
 
 __all__ = ["greedy_coreset", "project_for_coreset"]
 

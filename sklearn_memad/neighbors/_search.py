@@ -34,7 +34,9 @@ class NearestNeighborSearch:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_index"] = None  # rebuilt on first use: cheap to rebuild, bulky and fragile to pickle
+        state["_index"] = (
+            None  # rebuilt on first use: cheap to rebuild, bulky and fragile to pickle
+        )
         return state
 
     def kneighbors(self, queries, n_neighbors, exclude=None):

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
-from .._tensors import read_tensor
-from .._validation import check_grids, restore_on_error
+from ..defaults import AGGREGATION_SIZE
+from ..utils.tensors import read_tensor
+from ..utils.validation import check_grids, restore_on_error
 
 # Work memory of one chunk of images.
 _CHUNK_BYTES = 16 << 20
@@ -56,7 +57,8 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         "copy": ["boolean"],
     }
 
-    def __init__(self, size=3, copy=True):
+    @_deprecate_positional_args(version="0.3")
+    def __init__(self, *, size=AGGREGATION_SIZE, copy=True):
         self.size = size
         self.copy = copy
 

@@ -9,9 +9,9 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
-from .._validation import check_grids, restore_on_error
+from ..utils.validation import check_grids, restore_on_error
 
 
 class RandomProjection(TransformerMixin, BaseEstimator):
@@ -59,7 +59,8 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    def __init__(self, n_components=100, method="gaussian", random_state=None):
+    @_deprecate_positional_args(version="0.3")
+    def __init__(self, *, n_components=100, method="gaussian", random_state=None):
         self.n_components = n_components
         self.method = method
         self.random_state = random_state
@@ -117,7 +118,9 @@ class RandomProjection(TransformerMixin, BaseEstimator):
             channels = np.sort(rng.choice(d, size=self.n_components, replace=False))
             projection = None
         else:
-            kind = GaussianRandomProjection if self.method == "gaussian" else SparseRandomProjection
+            kind = (
+                GaussianRandomProjection if self.method == "gaussian" else SparseRandomProjection
+            )
             # Only the feature count matters to the projection: fit it on one row.
             projection = kind(n_components=self.n_components, random_state=self.random_state)
             projection.fit(grids[:1, 0, 0, :])
@@ -169,4 +172,3 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-

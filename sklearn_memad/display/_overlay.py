@@ -12,20 +12,20 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
-__all__ = ["compose_panels", "overlay_image", "write_overlay"]
+__all__ = ["compose_panels", "overlay_image", "score_caption", "write_overlay"]
 
 # Jet-like colours (blue -> cyan -> yellow -> red): warm colours stand out on the grey,
 # brown and green surfaces of industrial images.
-_ANCHORS = np.array([0.0, 0.35, 0.6, 1.0])
-_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], dtype=float)
+ANCHORS = np.array([0.0, 0.35, 0.6, 1.0])
+COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], dtype=float)
 # Colour fades in over the lowest part of the scale, so normal texture stays visible.
-_FADE = 0.3
-_MASK_COLOUR = (0, 255, 0)
-_NORMAL_COLOUR = (20, 120, 20)
-_ANOMALY_COLOUR = (200, 0, 0)
+FADE = 0.3
+MASK_COLOUR = (0, 255, 0)
+NORMAL_COLOUR = (20, 120, 20)
+ANOMALY_COLOUR = (200, 0, 0)
 
 
-def _as_rgb_uint8(image):
+def as_rgb_uint8(image):
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
@@ -34,12 +34,12 @@ def _as_rgb_uint8(image):
     return image
 
 
-def _normalise(anomaly_map, vmin, vmax):
+def normalise(anomaly_map, vmin, vmax):
     return np.clip((np.asarray(anomaly_map, dtype=np.float32) - vmin) / (vmax - vmin), 0, 1)
 
 
 def _colour(norm):
-    channels = [np.interp(norm, _ANCHORS, _COLOURS[:, c]) for c in range(3)]
+    channels = [np.interp(norm, ANCHORS, COLOURS[:, c]) for c in range(3)]
     return np.stack(channels, axis=-1)
 
 
@@ -62,18 +62,17 @@ def overlay_image(image, anomaly_map, *, vmin=None, vmax=None, alpha=0.75):
     -------
     overlay : ndarray of shape (H, W, 3), uint8
     """
-    image = _as_rgb_uint8(image)
+    image = as_rgb_uint8(image)
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     if anomaly_map.shape != image.shape[:2]:
         raise ValueError(
-            f"anomaly_map must have the image's (H, W) {image.shape[:2]}; got "
-            f"{anomaly_map.shape}."
+            f"anomaly_map must have the image's (H, W) {image.shape[:2]}; got {anomaly_map.shape}."
         )
     vmin = float(anomaly_map.min()) if vmin is None else float(vmin)
     vmax = float(anomaly_map.max()) if vmax is None else float(vmax)
     vmax = vmax if vmax > vmin else vmin + 1e-6
-    norm = _normalise(anomaly_map, vmin, vmax)
-    weight = (alpha * np.clip(norm / _FADE, 0, 1))[..., None]
+    norm = normalise(anomaly_map, vmin, vmax)
+    weight = (alpha * np.clip(norm / FADE, 0, 1))[..., None]
     blended = image * (1 - weight) + _colour(norm) * weight
     return np.rint(blended).astype(np.uint8)
 
@@ -137,7 +136,7 @@ def compose_panels(image, panels, *, mask=None, title=None, min_side=256, max_si
     -------
     picture : PIL.Image.Image
     """
-    image = _as_rgb_uint8(image)
+    image = as_rgb_uint8(image)
     height, width = image.shape[:2]
     scale = _display_scale(height, width, min_side, max_side)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -171,16 +170,16 @@ def compose_panels(image, panels, *, mask=None, title=None, min_side=256, max_si
     for k, (tile, caption, anomaly) in enumerate(tiles):
         if outline is not None:
             tile = tile.copy()
-            tile[outline] = _MASK_COLOUR
+            tile[outline] = MASK_COLOUR
         x = gap + k * (size[0] + gap)
         canvas.paste(Image.fromarray(tile), (x, top + gap))
-        colour = "black" if anomaly is None else (_ANOMALY_COLOUR if anomaly else _NORMAL_COLOUR)
+        colour = "black" if anomaly is None else (ANOMALY_COLOUR if anomaly else NORMAL_COLOUR)
         caption_font = _fitting_font(draw, caption, size[0], font_size)
         draw.text((x, top + gap + size[1] + 3), caption, fill=colour, font=caption_font)
     return canvas
 
 
-def _score_caption(score, threshold, name=None):
+def score_caption(score, threshold, name=None):
     """E.g. ``"PatchCore 60.4 > 52.1 ANOMALY"``: the image score against the threshold."""
     parts = [name] if name else []
     if score is not None:
@@ -261,7 +260,7 @@ def write_overlay(
         "map": anomaly_map,
         "vmin": vmin,
         "vmax": vmax,
-        "caption": _score_caption(score, threshold, name),
+        "caption": score_caption(score, threshold, name),
         "anomaly": anomaly,
     }
     picture = compose_panels(image, [panel], mask=mask, title=title)

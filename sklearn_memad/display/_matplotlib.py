@@ -1,123 +1,20 @@
-"""Pictures of anomaly maps: a scikit-learn-style Display (matplotlib) and a PNG writer (Pillow).
-
-:class:`AnomalyMapDisplay` draws images with their anomaly maps overlaid, in the style of
-:class:`sklearn.metrics.RocCurveDisplay` (``from_estimator``, ``from_predictions``, ``plot``);
-matplotlib is optional (``pip install 'sklearn_memad[plot]'``) and imported only when drawing.
-:func:`write_overlay` writes the same kind of picture as a PNG with Pillow alone; the command
-line uses it.
-
-Colours start at the level that the worst patch of a typical normal image reaches (the median
-of the detector's out-of-sample training image scores) and the image threshold sits in the
-middle of the scale, so a normal image shows little colour and a defect shows warm colours
-where it is. The image threshold is the detector's ``-offset_``, or, for a model wrapped in a
-:class:`~sklearn_memad.thresholds.ThresholdedDetector`, the ``-threshold_`` chosen on
-validation images.
-"""
+"""AnomalyMapDisplay: images with their anomaly maps overlaid, drawn with matplotlib."""
 
 import numpy as np
-from sklearn.utils import Bunch
 
+from ..maps import predict_anomaly_maps
 from ._overlay import (
-    _ANCHORS,
-    _ANOMALY_COLOUR,
-    _COLOURS,
-    _FADE,
-    _NORMAL_COLOUR,
-    _as_rgb_uint8,
-    _normalise,
-    _score_caption,
-    compose_panels,
-    overlay_image,
-    write_overlay,
+    ANCHORS,
+    ANOMALY_COLOUR,
+    COLOURS,
+    FADE,
+    NORMAL_COLOUR,
+    as_rgb_uint8,
+    normalise,
+    score_caption,
 )
-from .detectors._base import image_scores_from_patches
-from .maps import _split_pipeline, patch_to_pixel_maps
-from .thresholds import _decision_threshold, _percentiles, _reference_scores
 
-__all__ = [
-    "AnomalyMapDisplay",
-    "anomaly_map_range",
-    "compose_panels",
-    "overlay_image",
-    "predict_anomaly_maps",
-    "write_overlay",
-]
-
-def anomaly_map_range(detector):
-    """Colour range ``(vmin, vmax)`` for the anomaly maps of a fitted detector.
-
-    ``vmin`` is the median out-of-sample image anomaly score of the training images (how far
-    the worst patch of a normal image typically goes); ``vmax`` puts the image threshold in
-    the middle of the range: ``-offset_``, or ``-threshold_`` of a
-    :class:`~sklearn_memad.thresholds.ThresholdedDetector`.
-
-    Parameters
-    ----------
-    detector : fitted detector, Pipeline ending in one, or ThresholdedDetector around either
-
-    Returns
-    -------
-    vmin, vmax : float
-    """
-    _, final = _split_pipeline(detector)
-    normal = -np.asarray(final.train_scores_, dtype=float)
-    threshold = -_decision_threshold(detector)[0]
-    vmin = float(np.median(normal))
-    if threshold > vmin:
-        return vmin, 2 * threshold - vmin
-    q1, q3 = np.percentile(normal, [25, 75])
-    return vmin, vmin + max(3 * (q3 - q1), abs(vmin) * 0.1, 1e-6)
-
-
-def predict_anomaly_maps(estimator, X, *, sigma=4.0):
-    """Pixel anomaly maps, image anomaly scores and labels from one pass over the backbone.
-
-    The maps and scores come from the detector at the end of ``estimator``; the decision
-    (``threshold``, ``decision``, ``labels``) from whatever decides on top of it: a
-    :class:`~sklearn_memad.thresholds.ThresholdedDetector`'s ``threshold_`` when the
-    pipeline is wrapped in one (or ends with one), else the detector's own ``offset_``.
-    Everything agrees with the estimator's ``score_samples``, ``decision_function`` and
-    ``predict``.
-
-    Parameters
-    ----------
-    estimator : Pipeline or ThresholdedDetector
-        Fitted, from images to a sklearn_memad detector; or a fitted ThresholdedDetector
-        wrapping such a pipeline.
-    X : array-like of shape (n, H, W, 3) or (n, H, W)
-        Images.
-    sigma : float, default=4.0
-        Gaussian smoothing of the maps (pixels).
-
-    Returns
-    -------
-    result : :class:`~sklearn.utils.Bunch`
-        ``maps`` (n, H, W) float32, higher = more abnormal; ``scores`` (n,) image anomaly
-        scores (``-score_samples``); ``percentiles`` (n,) the same scores as anomaly
-        percentiles, 0-100 (see :func:`~sklearn_memad.thresholds.anomaly_percentile`);
-        ``threshold``, the image threshold on the ``scores`` scale (``-offset_`` or
-        ``-threshold_``); ``labels`` (n,) +1 normal / -1 anomaly, as ``predict``;
-        ``decision`` (n,), as ``decision_function``; ``vmin``, ``vmax`` from
-        :func:`anomaly_map_range`.
-    """
-    head, detector = _split_pipeline(estimator)
-    images = np.asarray(X)
-    grids = head.transform(images) if head is not None else images
-    patch_scores = detector.score_patches(grids)
-    scores = image_scores_from_patches(patch_scores, detector.top_k)
-    threshold = _decision_threshold(estimator)[0]
-    decision = -scores - threshold
-    vmin, vmax = anomaly_map_range(estimator)
-    return Bunch(
-        maps=patch_to_pixel_maps(patch_scores, images.shape[1:3], sigma),
-        scores=scores,
-        percentiles=_percentiles(_reference_scores(detector), scores),
-        threshold=-threshold,
-        decision=decision,
-        labels=np.where(decision < 0, -1, 1),
-        vmin=vmin,
-        vmax=vmax,
-    )
+__all__ = ["AnomalyMapDisplay"]
 
 
 def _require_matplotlib():
@@ -239,27 +136,30 @@ class AnomalyMapDisplay:
         vmax = float(maps.max()) if self.vmax is None else float(self.vmax)
         vmax = vmax if vmax > vmin else vmin + 1e-6
         cmap = LinearSegmentedColormap.from_list(
-            "memad", [(a, c / 255) for a, c in zip(_ANCHORS, _COLOURS)]
+            "memad", [(a, c / 255) for a, c in zip(ANCHORS, COLOURS)]
         )
         self.images_ = []
         for i, axis in enumerate(axes):
-            norm = _normalise(maps[i], vmin, vmax)
-            axis.imshow(_as_rgb_uint8(images[i]))
+            norm = normalise(maps[i], vmin, vmax)
+            axis.imshow(as_rgb_uint8(images[i]))
             layer = axis.imshow(
-                maps[i], cmap=cmap, vmin=vmin, vmax=vmax,
-                alpha=alpha * np.clip(norm / _FADE, 0, 1),
+                maps[i],
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                alpha=alpha * np.clip(norm / FADE, 0, 1),
             )
             self.images_.append(layer)
             if self.masks is not None:
-                axis.contour(np.asarray(self.masks)[i], levels=[0.5], colors=["lime"],
-                             linewidths=1)
+                axis.contour(
+                    np.asarray(self.masks)[i], levels=[0.5], colors=["lime"], linewidths=1
+                )
             axis.set_title(self._title(i), fontsize=9, color=self._title_colour(i))
             axis.set_axis_off()
         self.ax_ = axes
         self.figure_ = axes[0].figure
         if colorbar and self.images_:
-            self.figure_.colorbar(self.images_[0], ax=list(axes), shrink=0.8,
-                                  label="anomaly map")
+            self.figure_.colorbar(self.images_[0], ax=list(axes), shrink=0.8, label="anomaly map")
         return self
 
     @staticmethod
@@ -282,20 +182,19 @@ class AnomalyMapDisplay:
     def _title(self, i):
         prefix = self.names[i] if self.names is not None else ""
         score = None if self.scores is None else float(np.asarray(self.scores)[i])
-        return _score_caption(score, self.threshold, prefix) or f"image {i}"
+        return score_caption(score, self.threshold, prefix) or f"image {i}"
 
     def _title_colour(self, i):
         if self.scores is None or self.threshold is None:
             return "black"
         anomalous = float(np.asarray(self.scores)[i]) > self.threshold
-        return np.array(_ANOMALY_COLOUR if anomalous else _NORMAL_COLOUR) / 255
+        return np.array(ANOMALY_COLOUR if anomalous else NORMAL_COLOUR) / 255
 
     @classmethod
-    def from_estimator(cls, estimator, X, *, masks=None, names=None, sigma=4.0, ax=None,
-                       **kwargs):
+    def from_estimator(cls, estimator, X, *, masks=None, names=None, sigma=4.0, ax=None, **kwargs):
         """Compute the maps of ``X`` with a fitted pipeline and plot them.
 
-        The colour range comes from the detector (see :func:`anomaly_map_range`), so maps of
+        The colour range comes from the detector (see :func:`~sklearn_memad.maps.anomaly_map_range`), so maps of
         different calls compare, and titles give each image's score and verdict.
 
         Parameters
@@ -335,8 +234,20 @@ class AnomalyMapDisplay:
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
-    def from_predictions(cls, X, anomaly_maps, *, scores=None, threshold=None, masks=None,
-                         vmin=None, vmax=None, names=None, ax=None, **kwargs):
+    def from_predictions(
+        cls,
+        X,
+        anomaly_maps,
+        *,
+        scores=None,
+        threshold=None,
+        masks=None,
+        vmin=None,
+        vmax=None,
+        names=None,
+        ax=None,
+        **kwargs,
+    ):
         """Plot images with maps already computed (e.g. by :func:`sklearn_memad.anomaly_maps`).
 
         Parameters

@@ -20,6 +20,8 @@ from PIL import Image
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
+from ._layout import GOOD, MASK_FOLDER, TEST, TRAIN, mask_file
+
 __all__ = ["DEFECTS", "TEXTURES", "make_texture_anomalies", "save_mvtec_layout"]
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -217,7 +219,7 @@ def make_texture_anomalies(
 
     Examples
     --------
-    >>> from sklearn_memad.demo import make_texture_anomalies
+    >>> from sklearn_memad.datasets import make_texture_anomalies
     >>> data = make_texture_anomalies("grass", n_train=4, n_test_normal=2,
     ...                               n_test_per_defect=1, image_size=64)
     >>> data.X_train.shape, data.X_test.shape
@@ -243,7 +245,7 @@ def make_texture_anomalies(
 
     test_rgb = np.repeat(test[..., None], 3, axis=-1)
     masks = np.zeros(test.shape, dtype=bool)
-    kinds = ["good"] * n_test_normal
+    kinds = [GOOD] * n_test_normal
     for j in range(n_defective):  # one defect per image; each is vectorised over pixels
         kind = DEFECTS[j // n_test_per_defect]
         i = n_test_normal + j
@@ -258,7 +260,7 @@ def make_texture_anomalies(
     return Bunch(
         X_train=X_train,
         X_test=X_test,
-        y_test=np.where(kinds == "good", 1, -1),
+        y_test=np.where(kinds == GOOD, 1, -1),
         masks_test=masks,
         kinds_test=kinds,
         texture=texture,
@@ -289,20 +291,20 @@ def save_mvtec_layout(data, root):
     root : pathlib.Path
     """
     root = Path(root)
-    folder = root / "train" / "good"
+    folder = root / TRAIN / GOOD
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(data.X_train):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
     for kind in np.unique(data.kinds_test):
-        (root / "test" / kind).mkdir(parents=True, exist_ok=True)
-        if kind != "good":
-            (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+        (root / TEST / kind).mkdir(parents=True, exist_ok=True)
+        if kind != GOOD:
+            (root / MASK_FOLDER / kind).mkdir(parents=True, exist_ok=True)
     counters = {}
     for image, mask, kind in zip(data.X_test, data.masks_test, data.kinds_test):
-        stem = f"{counters.setdefault(kind, 0):03d}"
+        path = root / TEST / kind / f"{counters.setdefault(kind, 0):03d}.png"
         counters[kind] += 1
-        Image.fromarray(image).save(root / "test" / kind / f"{stem}.png")
-        if kind != "good":
+        Image.fromarray(image).save(path)
+        if kind != GOOD:
             mask_png = Image.fromarray(mask.view(np.uint8) * 255)
-            mask_png.save(root / "ground_truth" / kind / f"{stem}_mask.png")
+            mask_png.save(mask_file(root / MASK_FOLDER, kind, path))
     return Path(os.fspath(root))

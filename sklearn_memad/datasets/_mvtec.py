@@ -1,13 +1,4 @@
-"""Loader for image folders laid out like the MVTec AD benchmark.
-
-The layout::
-
-    root/
-      train/good/*.png|jpg|...           defect-free training images
-      test/good/*                         defect-free test images
-      test/<kind>/*                       defective test images, one folder per defect type
-      ground_truth/<kind>/<stem>_mask.png pixel masks of the defective images (> 0 = defect)
-"""
+"""Loader for image folders laid out like the MVTec AD benchmark (see :mod:`._layout`)."""
 
 import os
 from numbers import Integral
@@ -19,54 +10,22 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 
-__all__ = ["load_mvtec", "IMAGE_EXTENSIONS"]
+from ..utils.validation import check_image_size
+from ._files import IMAGE_EXTENSIONS, image_files, read_mask, resize_rgb, to_rgb
+from ._layout import GOOD, MASK_FOLDER, kind_label, mask_file
 
-#: File endings read as images (case-insensitive); other files in the folders are ignored.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-_GOOD = "good"
-
-
-def _check_image_size(image_size):
-    """Return None or a (height, width) pair of positive ints."""
-    if image_size is None:
-        return None
-    if isinstance(image_size, Integral) and not isinstance(image_size, bool):
-        size = (int(image_size), int(image_size))
-    elif (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(isinstance(v, Integral) and not isinstance(v, bool) for v in image_size)
-    ):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise ValueError(
-            "image_size must be None, an int (square images) or a (height, width) pair of "
-            f"ints; got {image_size!r}."
-        )
-    if min(size) < 1:
-        raise ValueError(f"image_size must be positive; got {image_size!r}.")
-    return size
+__all__ = ["load_mvtec"]
 
 
 def _subfolders(folder):
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder):
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
 def _open(path):
     try:
-        im = Image.open(path)
+        return Image.open(path)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"Cannot read the image file '{path}': {exc}") from exc
-    return im
 
 
 def _header_size(path):
@@ -74,55 +33,90 @@ def _header_size(path):
         return im.size[1], im.size[0]  # (height, width)
 
 
-def _to_rgb(im):
-    """Convert any Pillow mode to 8-bit RGB (greyscale is replicated)."""
-    if im.mode.startswith("I"):  # 16/32-bit greyscale (e.g. 16-bit PNG)
-        a = np.asarray(im)
-        if im.mode.startswith("I;16") or a.max(initial=0) > 255:
-            a = np.rint(a.astype(np.float32) * np.float32(255.0 / 65535.0))
-        im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def _mask_array(im):
-    """Boolean defect mask of a mask image: any channel > 0 (alpha ignored)."""
-    if im.mode in ("RGBA", "RGBa", "PA"):
-        im = im.convert("RGB")
-    elif im.mode in ("LA", "La"):
-        im = im.convert("L")
-    a = np.asarray(im)
-    return a.any(axis=-1) if a.ndim == 3 else a > 0
-
-
 def _read_one(i, path, mask_path, size, images, masks, original):
     """Read image ``i`` (and its mask) into the preallocated outputs."""
-    height, width = size
     with _open(path) as im:
         try:
             im.load()
         except OSError as exc:
             raise ValueError(f"Cannot read the image file '{path}': {exc}") from exc
-        h0, w0 = im.size[1], im.size[0]
-        im = _to_rgb(im)
-        if (h0, w0) != (height, width):
-            im = im.resize((width, height), Image.Resampling.BILINEAR)  # antialiased
-        images[i] = np.asarray(im)
-    original[i] = (h0, w0)
-    if mask_path is None:
-        return
-    with _open(mask_path) as mk:
-        mask = _mask_array(mk)
-    if mask.shape != (h0, w0):
+        original[i] = (im.height, im.width)
+        images[i] = np.asarray(resize_rgb(to_rgb(im), size))
+    if mask_path is not None:
+        masks[i] = read_mask(mask_path, path, (int(original[i, 0]), int(original[i, 1])), size)
+
+
+def _chosen_kinds(root, split, kinds):
+    """The split folder and the sorted defect types to read from it."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"The MVTec root folder '{root}' does not exist or is not a folder; expected a "
+            "folder holding train/, test/ and ground_truth/."
+        )
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(
+            f"The split folder '{split_dir}' does not exist; the subfolders of '{root}' are "
+            f"{_subfolders(root)}."
+        )
+    available = _subfolders(split_dir)
+    if not available:
         raise ValueError(
-            f"The mask '{mask_path}' has (height, width) {mask.shape}, but its image "
-            f"'{path}' has {(h0, w0)}; a mask must match its image pixel for pixel."
+            f"The split folder '{split_dir}' holds no subfolder; expected one folder per "
+            f"defect type, such as '{split_dir / GOOD}'."
         )
-    if mask.shape != (height, width):
-        mask = Image.fromarray(mask.view(np.uint8)).resize(
-            (width, height), Image.Resampling.NEAREST
+    if kinds is None:
+        return split_dir, available
+    chosen = [kinds] if isinstance(kinds, str) else list(kinds)
+    if not chosen:
+        raise ValueError(f"kinds is empty; pass None to read every kind of {available}.")
+    unknown = [k for k in chosen if not isinstance(k, str) or k not in available]
+    if unknown:
+        raise FileNotFoundError(
+            f"kinds={kinds!r} names no folder of '{split_dir}' for {unknown}; the kinds "
+            f"there are {available}."
         )
-        mask = np.asarray(mask) > 0
-    masks[i] = mask
+    return split_dir, sorted(set(chosen))
+
+
+def _listed_files(root, split_dir, chosen, max_per_kind):
+    """Image paths, their mask paths (None for normal images) and labels, kind by kind."""
+    paths, mask_paths, labels = [], [], []
+    for kind in chosen:
+        folder = split_dir / kind
+        files = image_files(folder)
+        if not files:
+            raise ValueError(
+                f"The folder '{folder}' holds no image file (expected endings: "
+                f"{', '.join(IMAGE_EXTENSIONS)})."
+            )
+        for path in files[:max_per_kind]:
+            mask_path = None
+            if kind != GOOD:
+                mask_path = mask_file(root / MASK_FOLDER, kind, path)
+                if not mask_path.is_file():
+                    raise FileNotFoundError(
+                        f"The defective image '{path}' has no mask: '{mask_path}' does not "
+                        "exist (expected layout root/ground_truth/<kind>/<stem>_mask.png)."
+                    )
+            paths.append(path)
+            mask_paths.append(mask_path)
+            labels.append(kind_label(kind))
+    return paths, mask_paths, labels
+
+
+def _common_size(paths, parallel, split_dir):
+    """The one (height, width) of every image, read from the file headers."""
+    shapes = parallel(delayed(_header_size)(p) for p in paths)
+    distinct = sorted(set(shapes))
+    if len(distinct) > 1:
+        examples = ", ".join(f"{s} in '{paths[shapes.index(s)]}'" for s in distinct[:3])
+        raise ValueError(
+            f"The images of '{split_dir}' differ in size ({len(distinct)} distinct "
+            f"(height, width) sizes, e.g. {examples}). Pass image_size=(height, width), "
+            "or an int for square images, to resize them all to one size."
+        )
+    return distinct[0]
 
 
 @validate_params(
@@ -136,7 +130,9 @@ def _read_one(i, path, mask_path, size, images, masks, original):
     },
     prefer_skip_nested_validation=True,
 )
-def load_mvtec(root, split="train", image_size=None, *, kinds=None, max_per_kind=None, n_jobs=None):
+def load_mvtec(
+    root, split="train", image_size=None, *, kinds=None, max_per_kind=None, n_jobs=None
+):
     """Load one split of an image folder laid out like MVTec AD.
 
     Reads ``root/<split>/<kind>/*`` for every defect type ``kind`` (``"good"`` for defect-free
@@ -226,78 +222,13 @@ def load_mvtec(root, split="train", image_size=None, *, kinds=None, max_per_kind
     array([30,  0])
     >>> tmp.cleanup()
     """
-    size = _check_image_size(image_size)
+    size = check_image_size(image_size)
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"The MVTec root folder '{root}' does not exist or is not a folder; expected a "
-            "folder holding train/, test/ and ground_truth/."
-        )
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise FileNotFoundError(
-            f"The split folder '{split_dir}' does not exist; the subfolders of '{root}' are "
-            f"{_subfolders(root)}."
-        )
-    available = _subfolders(split_dir)
-    if not available:
-        raise ValueError(
-            f"The split folder '{split_dir}' holds no subfolder; expected one folder per "
-            f"defect type, such as '{split_dir / _GOOD}'."
-        )
-    if kinds is None:
-        chosen = available
-    else:
-        chosen = [kinds] if isinstance(kinds, str) else list(kinds)
-        if not chosen:
-            raise ValueError(f"kinds is empty; pass None to read every kind of {available}.")
-        unknown = [k for k in chosen if not isinstance(k, str) or k not in available]
-        if unknown:
-            raise FileNotFoundError(
-                f"kinds={kinds!r} names no folder of '{split_dir}' for {unknown}; the kinds "
-                f"there are {available}."
-            )
-        chosen = sorted(set(chosen))
-
-    paths, mask_paths, labels = [], [], []
-    for kind in chosen:
-        folder = split_dir / kind
-        files = _image_files(folder)
-        if not files:
-            raise ValueError(
-                f"The folder '{folder}' holds no image file (expected endings: "
-                f"{', '.join(IMAGE_EXTENSIONS)})."
-            )
-        if max_per_kind is not None:
-            files = files[:max_per_kind]
-        for path in files:
-            if kind == _GOOD:
-                mask_path = None
-            else:
-                mask_path = root / "ground_truth" / kind / f"{path.stem}_mask.png"
-                if not mask_path.is_file():
-                    raise FileNotFoundError(
-                        f"The defective image '{path}' has no mask: '{mask_path}' does not "
-                        "exist (expected layout root/ground_truth/<kind>/<stem>_mask.png)."
-                    )
-            paths.append(path)
-            mask_paths.append(mask_path)
-            labels.append(1 if kind == _GOOD else -1)
-
+    split_dir, chosen = _chosen_kinds(root, split, kinds)
+    paths, mask_paths, labels = _listed_files(root, split_dir, chosen, max_per_kind)
     parallel = Parallel(n_jobs=n_jobs, prefer="threads")
     if size is None:
-        shapes = parallel(delayed(_header_size)(p) for p in paths)
-        distinct = sorted(set(shapes))
-        if len(distinct) > 1:
-            examples = ", ".join(
-                f"{s} in '{paths[shapes.index(s)]}'" for s in distinct[:3]
-            )
-            raise ValueError(
-                f"The images of '{split_dir}' differ in size ({len(distinct)} distinct "
-                f"(height, width) sizes, e.g. {examples}). Pass image_size=(height, width), "
-                "or an int for square images, to resize them all to one size."
-            )
-        size = distinct[0]
+        size = _common_size(paths, parallel, split_dir)
 
     n = len(paths)
     images = np.empty((n, size[0], size[1], 3), dtype=np.uint8)

