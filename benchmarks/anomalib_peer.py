@@ -1,17 +1,18 @@
-"""Drive anomalib 2.7's torch models (Padim, Patchcore, Dfkde) as a measured PEER of sklearn_memad.
+"""Drive anomalib 2.7's torch models (Padim, Patchcore, Dfkde) as a measured PEER of
+sklearn_memad.
 
-Runs inside ``benchmarks/.venv-anomalib`` (see ``benchmarks/setup_anomalib.sh``); sklearn_memad never
-imports anomalib. One model per process, so the peak-RSS numbers are clean. No Lightning engine and no
-anomalib dataset classes: the torch model is called the way the Lightning module would call it
-(``training_step`` -> ``model(batch)`` in train mode collects embeddings, ``fit()`` builds the memory,
-``validation_step`` -> ``model(batch)`` in eval mode scores).
+Runs inside ``benchmarks/.venv-anomalib`` (see ``benchmarks/setup_anomalib.sh``); sklearn_memad
+never imports anomalib. One model per process, so the peak-RSS numbers are clean. No Lightning
+engine and no anomalib dataset classes: the torch model is called the way the Lightning module
+would call it (``training_step`` -> ``model(batch)`` in train mode collects embeddings, ``fit()``
+builds the memory, ``validation_step`` -> ``model(batch)`` in eval mode scores).
 
 Two modes:
 
-* images (``--train X.npy --test Y.npy``): uint8 ``(n, H, W, 3)`` arrays, already at the benchmark size.
-  Pre-processing is anomalib's default minus the resize: ``x / 255`` then ImageNet mean/std.
-* features (``--train-features A.npy --test-features B.npy``): float32 patch grids ``(n, h, w, d)``,
-  channels-last, fed straight into anomalib's memory components (no backbone):
+* images (``--train X.npy --test Y.npy``): uint8 ``(n, H, W, 3)`` arrays, already at the benchmark
+  size. Pre-processing is anomalib's default minus the resize: ``x / 255`` then ImageNet mean/std.
+* features (``--train-features A.npy --test-features B.npy``): float32 patch grids
+  ``(n, h, w, d)``, channels-last, fed straight into anomalib's memory components (no backbone):
   PaDiM -> ``MultiVariateGaussian`` + PaDiM ``AnomalyMapGenerator``;
   PatchCore -> ``PatchcoreModel.subsample_embedding`` (``KCenterGreedy``), ``nearest_neighbors``,
   ``compute_anomaly_score``, PatchCore ``AnomalyMapGenerator``;
@@ -67,7 +68,8 @@ def _reset_hwm() -> bool:
 
 
 def _malloc_trim() -> bool:
-    """Hand freed heap back to the OS (glibc), so a phase's peak does not carry the last one's garbage."""
+    """Hand freed heap back to the OS (glibc), so a phase's peak does not carry the last one's
+    garbage."""
     gc.collect()
     if not TRIM:
         return False
@@ -125,7 +127,8 @@ def tensor_table(
     module: torch.nn.Module,
     skip_prefix=("feature_extractor.", "anomaly_map_generator.", "feature_pooler."),
 ) -> dict:
-    """Buffers (and parameters) of ``module`` outside the backbone and the map smoothing: the fitted memory."""
+    """Buffers (and parameters) of ``module`` outside the backbone and the map smoothing: the
+    fitted memory."""
     table = {}
     items = list(module.named_buffers()) + list(module.named_parameters())
     for name, t in items:
@@ -152,7 +155,8 @@ def load_images(path: str) -> np.ndarray:
 
 
 def to_tensor(batch: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1], ImageNet-normalised (anomalib's default PreProcessor, no resize)."""
+    """uint8 NHWC -> float NCHW in [0, 1], ImageNet-normalised (anomalib's default PreProcessor,
+    no resize)."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - mean) / std
 
@@ -173,9 +177,8 @@ def batches(n: int, size: int):
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(
-        seed
-    )  # KCenterGreedy's SparseRandomProjection draws via sklearn with random_state=None
+    # KCenterGreedy's SparseRandomProjection draws via sklearn with random_state=None
+    np.random.seed(seed)  # noqa: NPY002
     random.seed(seed)
 
 
@@ -216,8 +219,9 @@ def build_model(args):
 
 
 def dfkde_channel_concat(model):
-    """anomalib 2.7 ``DfkdeModel.get_features`` concatenates the pooled layers along dim 0 (the batch),
-    which raises for layers of different widths (layer2: 128, layer3: 256). Same code, ``dim=1``."""
+    """anomalib 2.7 ``DfkdeModel.get_features`` concatenates the pooled layers along dim 0 (the
+    batch), which raises for layers of different widths (layer2: 128, layer3: 256). Same code,
+    ``dim=1``."""
 
     def get_features(batch: torch.Tensor) -> torch.Tensor:
         model.feature_extractor.eval()
@@ -231,7 +235,8 @@ def dfkde_channel_concat(model):
 
 
 class CoresetProbe:
-    """Time KCenterGreedy.sample_coreset and its random projection (patches anomalib's module global)."""
+    """Time KCenterGreedy.sample_coreset and its random projection (patches anomalib's module
+    global)."""
 
     def __init__(self):
         import anomalib.models.components.sampling.k_center_greedy as kcg
@@ -311,7 +316,8 @@ def run_images(args, res: dict) -> dict:
         dfkde_channel_concat(model)
         notes.append(
             "dfkde: pooled layers concatenated along channels (peer fix); anomalib 2.7 "
-            "DfkdeModel.get_features uses torch.cat(dim=0), which fails for layers of different widths"
+            "DfkdeModel.get_features uses torch.cat(dim=0), which fails for layers of different "
+            "widths"
         )
     probe = CoresetProbe() if args.model == "patchcore" else None
     backbone_timer = Timer(model.feature_extractor)
@@ -467,7 +473,8 @@ def run_features(args, res: dict) -> dict:
         gaussian, gen = MultiVariateGaussian(), PadimMap()
         res["rss_baseline_bytes"] = _status_bytes("VmRSS")
         with Phase() as fit_phase:
-            # PadimModel.fit(): torch.vstack(memory_bank) then gaussian.fit -- the whole grid at once
+            # PadimModel.fit(): torch.vstack(memory_bank) then gaussian.fit -- the whole grid at
+            # once
             gaussian.fit(torch.vstack([nchw(train[sl]) for sl in batches(n, args.batch_size)]))
         res["n_train_patches"] = int(n * h * w)
         table = {k: v for k, v in tensor_table(gaussian).items()}
@@ -486,7 +493,8 @@ def run_features(args, res: dict) -> dict:
             image_scores=torch.cat(img).numpy(),
         )
         notes.append(
-            "features mode padim: all d channels used (no random channel pick); image score = max of the "
+            "features mode padim: all d channels used (no random channel pick); image score = "
+            "max of the "
             "bilinear-upsampled, sigma-4 blurred map at map_size, as PadimModel.forward does"
         )
     elif args.model == "patchcore":
@@ -561,7 +569,8 @@ def run_features(args, res: dict) -> dict:
                 img.append(clf(torch.from_numpy(test[sl].mean(axis=(1, 2)))))
         out.update(image_scores=torch.cat(img).numpy(), log_likelihood=cap.array())
         notes.append(
-            "features mode dfkde: grids averaged over (h, w) per image (anomalib's DFKDE is image-level, no maps)"
+            "features mode dfkde: grids averaged over (h, w) per image (anomalib's DFKDE is "
+            "image-level, no maps)"
         )
 
     res["fit_feature_seconds"] = 0.0
@@ -605,7 +614,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-features", help="float32 grids (n, h, w, d) .npy")
     p.add_argument(
         "--test-labels",
-        help="optional .npy of test labels (+1 normal, -1 anomaly; or 0/1 with 1 = anomaly) for image AUROC",
+        help="optional .npy of test labels (+1 normal, -1 anomaly; or 0/1 with 1 = anomaly) "
+        "for image AUROC",
     )
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--layers", nargs="+", default=["layer2", "layer3"])
@@ -728,7 +738,8 @@ def main(argv=None) -> int:
     res["malloc_trim_between_phases"] = TRIM
     res["ru_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     res["peak_rss_method"] = (
-        "VmHWM from /proc/self/status, reset via /proc/self/clear_refs=5 at the start of fit and of score"
+        "VmHWM from /proc/self/status, reset via /proc/self/clear_refs=5 at the start of fit "
+        "and of score"
     )
     res["image_score_direction"] = "higher = more abnormal" + (
         " (probability 1/(1+exp(0.05*(loglik-12))))" if args.model == "dfkde" else ""

@@ -1,7 +1,7 @@
 """What the issue's share and RSS targets leave once the work both libraries share is counted.
 
 Two measurements, each against the latest peer run's numbers (``--peer-results``, default
-``benchmarks/results/peer_resnet18_random.json``):
+``benchmarks/results/peer_resnet18_random_fifth.json``):
 
 * **Detector share.** Floating-point operations of the backbone (random-init resnet18 to
   ``layer3`` at the benchmark's size, counted by ``torch.utils.flop_counter``) and of
@@ -38,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--bank", type=int, default=2048, help="PatchCore entries (1 %% of 200 images)")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--peer-results", default=str(HERE / "results" / "peer_resnet18_random.json"))
+    p.add_argument(
+        "--peer-results", default=str(HERE / "results" / "peer_resnet18_random_fifth.json")
+    )
     p.add_argument("--rss-worker", nargs="*", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -129,10 +129,12 @@ def main(argv=None):
             note = (
                 f"patch scores max relative difference "
                 f"{r['max_relative_difference_of_patch_scores']:.1e}; memory "
-                f"{r['ours_memory_bytes'] / 2**20:.1f} vs {r['anomalib_memory_bytes'] / 2**20:.1f} MiB"
+                f"{r['ours_memory_bytes'] / 2**20:.1f} vs "
+                f"{r['anomalib_memory_bytes'] / 2**20:.1f} MiB"
             )
         lines.append(
-            f"| {r['detector']} | {r['ours_image_auroc']:.3f} | {r['anomalib_image_auroc']:.3f} | {note} |"
+            f"| {r['detector']} | {r['ours_image_auroc']:.3f} | "
+            f"{r['anomalib_image_auroc']:.3f} | {note} |"
         )
     table = "\n".join(lines)
     print("\n" + table)

@@ -428,8 +428,8 @@ def markdown(results, peers, meta):
     ]
     head = (
         "| detector | image AUROC | pixel AUROC | AUPRO | F1-max | fit s (build + features"
-        " + memory + calibration) | coreset s | score ms/img (detector share) | peak RSS fit / score"
-        " MiB | memory MiB |"
+        " + memory + calibration) | coreset s | score ms/img (detector share) | peak RSS fit /"
+        " score MiB | memory MiB |"
     )
     lines += [head, "|" + "---|" * 10]
     for r in results:

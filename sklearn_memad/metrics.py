@@ -20,7 +20,7 @@ the AUROC is symmetric under swapping both the classes and the sign of the score
 
 The pixel metrics (:func:`pixel_auroc`, :func:`pixel_f1_max`, :func:`aupro`, :func:`pro_curve`)
 are exact and need a single sort of the normal pixels (plus a sort of the defect pixels), so they
-handle hundreds of 256 x 256 maps in about a second.
+stay fast on large sets of maps.
 
 Scorers for model selection
 ---------------------------

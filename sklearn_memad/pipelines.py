@@ -22,8 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from . import defaults
-from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
-from .detectors._patchcore import auto_coreset_ratio
+from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector, auto_coreset_ratio
 from .features import FeatureTransformer
 from .transformers import LocalAggregation, RandomProjection
 from .utils.deprecation import moved_names

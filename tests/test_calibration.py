@@ -1,4 +1,4 @@
-"""Calibration of ``offset_``: contamination=c flags about a fraction c of *held-out* normal images.
+"""Calibration of ``offset_``: contamination=c flags about a fraction c of held-out normal images.
 
 Every check scores normal images the detector never saw. Synthetic grids first (fast, many
 images, tight bounds), then real features of the Magnetic-Tile (MTD) images.

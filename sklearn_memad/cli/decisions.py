@@ -93,10 +93,11 @@ def check_decision_options(validation, objective, target):
 
 # --------------------------------------------------------------------------- validation data
 def validation_files(folder, training):
-    """The labelled images of a validation folder (see :func:`~sklearn_memad.datasets.labelled_files`).
+    """The labelled images of a validation folder.
 
-    None of them may be one of the ``training`` files: a memory scores its own images too
-    well, so a threshold chosen on them would flag too little.
+    They are listed by :func:`~sklearn_memad.datasets.labelled_files`. None of them may be one
+    of the ``training`` files: a memory scores its own images too well, so a threshold chosen
+    on them would flag too little.
     """
     found = labelled_files(folder)
     trained = {Path(f).resolve() for f in training}

@@ -116,7 +116,8 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         if grids.shape[0] < self._min_images:
             raise ValueError(
                 f"{type(self).__name__} needs at least {self._min_images} normal samples to "
-                f"build its memory; got {grids.shape[0]} sample{'' if grids.shape[0] == 1 else 's'}."
+                f"build its memory; got {grids.shape[0]} "
+                f"sample{'' if grids.shape[0] == 1 else 's'}."
             )
         self.grid_shape_ = tuple(grids.shape[1:3])
         return grids

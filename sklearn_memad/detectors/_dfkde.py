@@ -143,10 +143,8 @@ class DFKDEDetector(BaseMemoryDetector):
             + np.log(self.scale_.astype(np.float64)).sum(axis=1)
         )
         out = np.empty((positions, n), dtype=np.float64)
-        # In torch, not numpy: numpy's BLAS threads spin after each product and slow the
-        # backbone's next forward pass, and torch's batched product beats numpy's loop of
-        # small ones (16 images of 32 x 32 positions against 200 training images: 1.4-1.8
-        # against 3.5-3.7 ms per image). Distances in float64: a float32 product's rounding
+        # In torch: see sklearn_memad.utils.tensors; torch's batched product also beats
+        # numpy's loop of small ones. Distances in float64: a float32 product's rounding
         # depends on how many images are scored together, and a patch's score must not.
         # Blocks of positions (their training features in float64) times blocks of images.
         image_step = min(n, 64)

@@ -114,20 +114,19 @@ class PaDiMDetector(BaseMemoryDetector):
         self.__dict__.pop("_moments", None)
         n, h, w, d = grids.shape
         flat = grids.reshape(n, h * w, d)
-        # torch's float32 mean sums pairwise (as accurate here as numpy's float64 mean, which
-        # took 4x longer); the model keeps float32 means anyway.
+        # torch's float32 mean sums pairwise, so it is as accurate here as numpy's slower
+        # float64 mean; the model keeps float32 means anyway.
         mean = read_tensor(flat).mean(dim=0).numpy()
         self.grid_shape_ = (h, w)
         self.n_samples_seen_ = n
         whitening = np.empty((h * w, d * (d + 1) // 2), dtype=np.float32)
-        # 32 MiB blocks keep the halved factorisations near the cache (0.53-0.75 s against
-        # 0.63-0.81 s with 128 MiB, 4,096 positions of 200 x 100).
+        # 32 MiB blocks keep the halved factorisations near the cache.
         step = chunk_rows((n * d + 3 * d * d) * 8, budget=32 << 20)
         with torch.inference_mode():
             for start in range(0, h * w, step):
                 stop = min(start + step, h * w)
-                # Centred data is summed in float32 (twice as fast; distances within 1e-5 of a
-                # float64 sum on resnet18 features) and factorised in float64.
+                # Centred data is summed in float32 (faster, and the distances stay close to
+                # those of a float64 sum) and factorised in float64.
                 block = read_tensor(flat[:, start:stop]).transpose(0, 1)
                 centred = block - torch.from_numpy(mean[start:stop])[:, None, :]
                 scatter = torch.bmm(centred.transpose(1, 2), centred).double()
@@ -235,7 +234,7 @@ class PaDiMDetector(BaseMemoryDetector):
         cov.diagonal(dim1=1, dim2=2).add_(self.reg)
         # The factorisation needs float64 (C's condition number); the outermost corner, kept
         # in float32 like the rest of W, is multiplied in float32: distances as accurate as
-        # with a float64 corner (docs/benchmarks.md, "What moved the numbers on 2026-12-04").
+        # with a float64 corner.
         factor = inverse_cholesky(cov, corner_dtype=torch.float32)
         return pack_banded(factor.float()).numpy()
 
@@ -262,9 +261,8 @@ class PaDiMDetector(BaseMemoryDetector):
         mean = read_tensor(self.mean_.reshape(h * w, d))
         packed = read_tensor(self.whitening_)
         out = torch.empty((h * w, n), dtype=torch.float32)
-        # A block's residuals and unpacked diagonal tiles within 8 MiB (the factors are read
-        # once, as stored): 4,096 positions of d = 100, 16 images, interleaved min / median
-        # of 30: 2.3 / 2.9 ms per image against 2.7 / 3.1 with 16 MiB (4 MiB: 2.4 / 2.8).
+        # A block's residuals and unpacked diagonal tiles within 8 MiB, so they stay near the
+        # cache (the factors are read once, as stored).
         step = chunk_rows((d * n + d * BAND) * 4, budget=8 << 20)
         step = min(step, h * w)
         product = BandedProduct(d, step)

@@ -16,8 +16,7 @@ from ..defaults import (
     N_NEIGHBORS,
     TOP_K,
 )
-from ..neighbors import NearestNeighborSearch, greedy_coreset
-from ..neighbors._coreset import project_for_coreset
+from ..neighbors import NearestNeighborSearch, greedy_coreset, project_for_coreset
 from ..utils.chunking import chunk_rows
 from ._base import BaseMemoryDetector
 
@@ -67,16 +66,13 @@ class PatchCoreDetector(BaseMemoryDetector):
         them, or about 2,500 entries if that is fewer (see :func:`auto_coreset_ratio`).
     n_neighbors : int, default=1
         Neighbours averaged into a patch score; capped at the coreset size. 1 is the
-        PatchCore paper's patch score (distance to the nearest entry); it also ranked MTD
-        images better than 9 (see docs/benchmarks.md) and is the fastest.
+        PatchCore paper's patch score (distance to the nearest entry), and the fastest.
     search : {"exact", "approximate"}, default="exact"
         Exact search by chunked matrix products, or approximate search with pynndescent.
     projection_dim : int or None, default=64
         Dimension of the random projection used to measure distances during coreset
-        selection (None: the features themselves). Selection time is proportional to it;
-        64 selects as well as the PatchCore paper's 128 at half the time (on 307,200
-        EfficientNet-Lite0 patches of MTD: mean distance to the coreset 27.6 vs 28.3, max
-        39.9 vs 38.8; 13.0 s vs 25.1 s).
+        selection (None: the features themselves). Selection time is proportional to it, and
+        64 covers the training patches about as well as the PatchCore paper's 128.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Expected fraction of anomalies among new normal-looking images; sets ``offset_`` from
         the out-of-sample scores of the training images. "auto" places the threshold at
@@ -102,6 +98,9 @@ class PatchCoreDetector(BaseMemoryDetector):
         ``(h, w)`` of the training grids.
     memory_bytes_ : int
         Bytes of the fitted memory (the coreset).
+    index_seed_ : int
+        Seed of the approximate search's index (``search="approximate"``), drawn in ``fit``
+        from ``random_state``, so a reloaded model rebuilds the same index.
     n_features_in_ : int
         Number of features per patch ``d``.
 
@@ -116,10 +115,10 @@ class PatchCoreDetector(BaseMemoryDetector):
     training patch is scored against the coreset entries taken from other images, so
     calibration needs no second coreset. Removing an image's entries alone would leave holes
     that a coreset built without the image would have filled (training images would look
-    worse than new normal ones, and ``contamination=c`` would flag about ``c / 2`` of new
-    normal images); so, for each image, as many replacements as it had entries are chosen,
-    farthest first, among the other images' patches its entries covered. (With a coreset
-    drawn from one image only, there is no other image and those patches keep their
+    worse than new normal ones, and ``contamination=c`` would flag fewer than a fraction ``c``
+    of new normal images); so, for each image, as many replacements as it had entries are
+    chosen, farthest first, among the other images' patches its entries covered. (With a
+    coreset drawn from one image only, there is no other image and those patches keep their
     in-sample score.)
 
     Examples
@@ -254,10 +253,10 @@ class PatchCoreDetector(BaseMemoryDetector):
 
         Leaving an image's entries out of the single coreset leaves holes: the patches of
         other images that those entries covered lose their cover, so the training images
-        would score worse than new normal images (``contamination=c`` would flag about
-        ``c / 2`` of them). A selection without the image spends its freed entries on those
-        orphaned patches, farthest first; the same greedy rule, run over them with the rest
-        of the coreset fixed, picks as many replacements as the image had entries.
+        would score worse than new normal images (``contamination=c`` would flag fewer than
+        a fraction ``c`` of them). A selection without the image spends its freed entries on
+        those orphaned patches, farthest first; the same greedy rule, run over them with the
+        rest of the coreset fixed, picks as many replacements as the image had entries.
         """
         entry_source = self.coreset_source_
         covering_image = entry_source[owner]

@@ -194,8 +194,9 @@ class AnomalyMapDisplay:
     def from_estimator(cls, estimator, X, *, masks=None, names=None, sigma=4.0, ax=None, **kwargs):
         """Compute the maps of ``X`` with a fitted pipeline and plot them.
 
-        The colour range comes from the detector (see :func:`~sklearn_memad.maps.anomaly_map_range`), so maps of
-        different calls compare, and titles give each image's score and verdict.
+        The colour range comes from the detector (see
+        :func:`~sklearn_memad.maps.anomaly_map_range`), so maps of different calls compare, and
+        titles give each image's score and verdict.
 
         Parameters
         ----------

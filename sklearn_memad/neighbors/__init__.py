@@ -1,6 +1,6 @@
 """Coreset selection and nearest-neighbour search over memory banks."""
 
-from ._coreset import greedy_coreset
+from ._coreset import greedy_coreset, project_for_coreset
 from ._search import NearestNeighborSearch
 
-__all__ = ["NearestNeighborSearch", "greedy_coreset"]
+__all__ = ["NearestNeighborSearch", "greedy_coreset", "project_for_coreset"]

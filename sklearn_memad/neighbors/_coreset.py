@@ -20,14 +20,13 @@ from ..utils.progress import progress
 
 __all__ = ["greedy_coreset", "project_for_coreset"]
 
-# Above this fraction of candidate rows a full pass beats gathering them (measured here).
+# Above this fraction of candidate rows a full pass beats gathering them.
 _GATHER_BELOW = 0.2
 # 4 (the squared factor 2 of the bound), widened for float32 rounding.
 _SLACK = 4.0 * 1.001
 # When a step must measure every row anyway, it also measures about this many of the next
 # farthest rows: the pass is memory-bound, so the extra targets cost little, and a later step
-# whose centre is among them needs no pass of its own. On 780,000 EfficientNet-Lite0 patches
-# (7,800 entries) 8 / 16 / 32 / 64 took 57 / 46 / 38 / 39 s against 117 s without.
+# whose centre is among them needs no pass of its own.
 _LOOK_AHEAD = 32
 _BLOCK_ROWS = 256
 
@@ -109,9 +108,8 @@ def greedy_coreset(
 
     ahead = {}  # row -> its squared distances to every row, measured by an earlier pass
     pass_buffer = None  # one buffer for every full pass: fresh pages cost a pass of their own
-    # numpy's BLAS runs single-threaded in the loop: its two threads spin after every small
-    # product and starve torch's, which does the large passes (1.7 s against 3.0 s with both
-    # pools at two threads, 204,800 rows to 2,048 entries).
+    # numpy's BLAS runs single-threaded in the loop: its threads would spin after every small
+    # product and starve torch's, which does the large passes (see sklearn_memad.utils.tensors).
     with threadpool_limits(limits=1, user_api="blas"):
         for step in progress(range(1, n_select), verbose, "coreset"):
             new = int(np.argmax(nearest_sq))
@@ -132,7 +130,7 @@ def greedy_coreset(
                 if rows.size == 0:
                     continue
                 if rows.size <= _GATHER_BELOW * n_samples:
-                    # torch gathers the rows in half numpy's time.
+                    # torch gathers the rows faster than numpy.
                     sq = _sq_dist_to_rows(points, sq_norms, rows, centre, centre_sq[step])
                     closer = sq < nearest_sq[rows]
                     moved = rows[closer]
@@ -180,8 +178,8 @@ def _measure_ahead(points, sq_norms, nearest_sq, new, buffer):
         targets.extend((top * _BLOCK_ROWS + blocks[top].argmax(axis=1)).tolist())
     targets = np.unique(np.array(targets, dtype=np.intp))
     # One product reads the points once for all targets, and adds both norms as it goes:
-    # |t|^2 - 2 t.x by addmm, then |x|^2 in place (torch's product here takes half
-    # numpy's time, and the two separate additions cost a third of the pass).
+    # |t|^2 - 2 t.x by addmm, then |x|^2 in place (torch's product here is faster than
+    # numpy's, and each separate addition would be another pass over the distances).
     rows = torch.from_numpy(targets)
     every = torch.from_numpy(points)
     norms = torch.from_numpy(sq_norms)

@@ -147,12 +147,11 @@ class RandomProjection(TransformerMixin, BaseEstimator):
     def _project(self, grids, was_2d):
         n, h, w, d = grids.shape
         if self.method == "channels":
-            out = np.take(grids, self.channels_, axis=-1)  # twice as fast as fancy indexing
+            out = np.take(grids, self.channels_, axis=-1)  # faster than fancy indexing
         else:
-            # scikit-learn's projection matrix, applied by torch: numpy's BLAS threads spin
-            # after each product and slow the torch work that follows (the backbone, the
-            # detector). float64 products rounded to float32 do not depend on how rows are
-            # batched.
+            # scikit-learn's projection matrix, applied by torch: see
+            # sklearn_memad.utils.tensors. float64 products rounded to float32 do not depend on
+            # how rows are batched.
             components = self.projection_.components_
             if scipy.sparse.issparse(components):
                 components = components.toarray()
