@@ -4,6 +4,18 @@ Images -> :class:`FeatureTransformer` -> patch-feature grids (n, h, w, d) ->
 :class:`LocalAggregation` / :class:`RandomProjection` -> a detector, all composable in a
 scikit-learn ``Pipeline``. :func:`anomaly_maps` turns a fitted pipeline's patch scores into
 pixel maps at the input resolution.
+
+Where things live (imports point down this list, never up):
+
+- ``defaults``: every default setting, once; ``utils``: shared plumbing (validation, tensors,
+  chunking, progress, the walk from a model to its detector);
+- ``neighbors``: coreset selection and k-NN search; ``datasets``: image files, MVTec folders,
+  the demo's texture set;
+- ``features``, ``transformers``, ``detectors``: the estimators;
+- ``maps``, ``metrics``, ``thresholds``, ``masks``, ``model_selection``: what is done with
+  their scores;
+- ``pipelines`` (the standard pipelines), ``persistence`` (model files), ``display`` (pictures);
+- ``cli``: the ``memad`` command, one module per command.
 """
 
 from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
