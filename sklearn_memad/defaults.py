@@ -29,9 +29,11 @@ __all__ = [
     "AUTO_CORESET_SIZE",
     "BACKBONE",
     "BATCH_SIZE",
+    "CALIBRATION_SIZE",
     "CONTAMINATION",
     "CORESET_RATIO",
     "DFKDE_BANDWIDTH",
+    "FIT_CHUNK",
     "FEATURE_BACKBONE",
     "IMAGE_SIZE",
     "METHOD",
@@ -75,3 +77,9 @@ DFKDE_BANDWIDTH = "scott"
 
 #: Gaussian smoothing (pixels) of the pixel anomaly maps.
 SIGMA = 4.0
+
+#: Out-of-sample training scores kept for calibration after ``partial_fit`` and merging: the
+#: most recent ones, each scored by a memory that did not hold its image.
+CALIBRATION_SIZE = 2048
+#: Images per chunk when ``memad fit`` streams a folder through the pipeline.
+FIT_CHUNK = 256

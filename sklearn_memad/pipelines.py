@@ -27,7 +27,7 @@ from .features import FeatureTransformer
 from .transformers import LocalAggregation, RandomProjection
 from .utils.deprecation import moved_names
 
-__all__ = ["METHODS", "auto_coreset_ratio", "make_detector_pipeline"]
+__all__ = ["METHODS", "auto_coreset_ratio", "make_detector_pipeline", "partial_fit"]
 
 #: The detectors of the standard pipelines.
 METHODS = ("patchcore", "padim", "dfkde")
@@ -162,3 +162,56 @@ def make_detector_pipeline(
         detector = DFKDEDetector(contamination=contamination)
     steps = [features, middle, detector]
     return Pipeline([(type(step).__name__.lower(), step) for step in steps if step is not None])
+
+
+def partial_fit(pipeline, X, y=None):
+    """Add a batch of images to a pipeline's memory; the first batch also fits its transformers.
+
+    ``for batch in batches: partial_fit(pipe, batch)`` builds the model without ever holding
+    all the images or their grids: the feature and projection steps are fitted on the first
+    batch (they learn nothing from the data beyond its shape and seeds), and every batch's
+    grids go to the detector's ``partial_fit``. A pipeline fitted by ``fit`` goes on
+    learning the same way.
+
+    Parameters
+    ----------
+    pipeline : sklearn.pipeline.Pipeline
+        Ending in a sklearn_memad detector; fitted or not.
+    X : array-like of shape (n, H, W, 3) or (n, H, W)
+        A batch of defect-free images.
+    y : array-like of shape (n,), default=None
+        Optional labels: images labelled -1 are left out of the memory.
+
+    Returns
+    -------
+    pipeline : sklearn.pipeline.Pipeline
+        The same pipeline, updated.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad.pipelines import make_detector_pipeline, partial_fit
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8)
+    >>> pipe = make_detector_pipeline("patchcore", backbone="resnet18", weights=None,
+    ...                               image_size=32)
+    >>> for batch in np.split(images, 3):
+    ...     pipe = partial_fit(pipe, batch)
+    >>> pipe[-1].n_samples_seen_
+    24
+    """
+    if not isinstance(pipeline, Pipeline) or not hasattr(pipeline.steps[-1][1], "partial_fit"):
+        raise TypeError(
+            "pipeline must be a Pipeline ending in a sklearn_memad detector; got "
+            f"{type(pipeline).__name__}."
+        )
+    detector = pipeline.steps[-1][1]
+    head = pipeline[:-1] if len(pipeline.steps) > 1 else None
+    if head is None:
+        grids = X
+    elif hasattr(detector, "offset_"):
+        grids = head.transform(X)
+    else:
+        grids = head.fit_transform(X)
+    detector.partial_fit(grids, y)
+    return pipeline

@@ -1,7 +1,8 @@
-"""The memory-based detectors, their base class, and how patch scores become image scores."""
+"""The memory-based detectors, their base class, merging, and image scores from patch scores."""
 
 from ._base import BaseMemoryDetector, image_scores_from_patches
 from ._dfkde import DFKDEDetector
+from ._merge import merge_detectors
 from ._padim import PaDiMDetector
 from ._patchcore import PatchCoreDetector, auto_coreset_ratio
 
@@ -12,4 +13,5 @@ __all__ = [
     "PatchCoreDetector",
     "auto_coreset_ratio",
     "image_scores_from_patches",
+    "merge_detectors",
 ]

@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ..defaults import CALIBRATION_SIZE
 from ..utils.validation import check_grid_shape, check_grids, restore_on_error
 
 __all__ = ["BaseMemoryDetector", "image_scores_from_patches"]
@@ -101,8 +102,71 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         with restore_on_error(self):
             grids = self._validated_training_grids(X, y)
             self._fit_memory(grids)
+            self.n_samples_seen_ = grids.shape[0]
             self._calibrate(self._out_of_sample_patch_scores(grids))
         return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Add a batch of normal grids to the memory; on an unfitted detector, start one.
+
+        ``for batch in batches: detector.partial_fit(batch)`` builds a memory without ever
+        holding all the grids. Each batch is scored against the memory before it is added,
+        so its scores are out of sample; the first batch is scored as :meth:`fit` does.
+        ``offset_`` comes from the most recent of these scores that a memory of at least
+        half the images seen so far gave (a much smaller memory scores normal images worse
+        than the final one would), and always from the newest batch's.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d) or (n, d)
+            Grids of defect-free images.
+        y : array-like of shape (n,), default=None
+            As in :meth:`fit`: samples labelled -1 are left out.
+
+        Returns
+        -------
+        self : object
+            Updated detector.
+        """
+        with restore_on_error(self):
+            if not hasattr(self, "offset_"):
+                grids = self._validated_training_grids(X, y)
+                self._start_memory(grids)
+                self.n_samples_seen_ = grids.shape[0]
+                self._calibrate(self._out_of_sample_patch_scores(grids))
+                return self
+            grids = self._validated_batch(X, y)
+            if grids.shape[0] == 0:
+                return self
+            before = -image_scores_from_patches(self._score_patches(grids), self.top_k)
+            memory_size = self.n_samples_seen_
+            self._grow_memory(grids)
+            self.n_samples_seen_ += grids.shape[0]
+            self._keep_calibration(
+                np.concatenate([self.train_scores_, before]),
+                np.concatenate([self._memory_sizes(), np.full(before.size, memory_size)]),
+                newest=before.size,
+            )
+        return self
+
+    def _start_memory(self, grids):
+        """The memory of a first ``partial_fit`` batch: what ``fit`` builds, by default."""
+        self._fit_memory(grids)
+
+    def _validated_batch(self, X, y):
+        """Grids of a further batch, checked against the fitted memory; -1 samples dropped."""
+        grids, _ = check_grids(self, X, reset=False)
+        if self._models_positions:
+            check_grid_shape(self, grids, self.grid_shape_)
+        if y is not None:
+            labels = np.asarray(y)
+            if labels.shape != (grids.shape[0],):
+                raise ValueError(
+                    f"y must have shape ({grids.shape[0]},) to match X; got shape {labels.shape}."
+                )
+            grids = grids[labels != -1]
+        return grids
 
     def _validated_training_grids(self, X, y):
         grids, _ = check_grids(self, X, reset=True)
@@ -125,6 +189,23 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     def _calibrate(self, out_of_sample_patch_scores):
         """Set ``train_scores_`` and ``offset_`` from out-of-sample scores of the training set."""
         self.train_scores_ = -image_scores_from_patches(out_of_sample_patch_scores, self.top_k)
+        self.__dict__.pop("_scored_by", None)
+        self.offset_ = self._offset_from(self.train_scores_)
+
+    def _memory_sizes(self):
+        """How many images the memory that gave each of ``train_scores_`` held."""
+        sizes = self.__dict__.get("_scored_by")
+        if sizes is None:  # scores of a fit, each by the memory of all the others
+            sizes = np.full(self.train_scores_.size, max(self.n_samples_seen_ - 1, 1))
+        return sizes
+
+    def _keep_calibration(self, scores, memory_sizes, newest):
+        """Keep the most recent out-of-sample scores given by a memory of at least half the
+        images seen (and the ``newest`` ones in any case); set ``offset_`` from them."""
+        keep = memory_sizes >= self.n_samples_seen_ / 2
+        keep[memory_sizes.size - newest :] = True
+        self.train_scores_ = np.asarray(scores, dtype=np.float64)[keep][-CALIBRATION_SIZE:]
+        self._scored_by = memory_sizes[keep][-CALIBRATION_SIZE:]
         self.offset_ = self._offset_from(self.train_scores_)
 
     def _offset_from(self, train_scores):

@@ -1,9 +1,10 @@
 """DFKDE: a Gaussian kernel density of the training features at every grid position."""
 
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _deprecate_positional_args
 
@@ -39,11 +40,18 @@ class DFKDEDetector(BaseMemoryDetector):
         Tukey's upper fence (Q3 + 1.5 IQR) of their anomaly scores.
     top_k : int, default=1
         Image anomaly score: the largest patch score (1) or the mean of the ``top_k`` largest.
+    max_samples : int or None, default=None
+        Keep at most this many training images in the memory: a seeded reservoir, a uniform
+        sample of every image seen by :meth:`fit`, :meth:`partial_fit` and merging. None
+        keeps them all (the memory grows with every image).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the reservoir of ``max_samples``.
 
     Attributes
     ----------
-    features_ : ndarray of shape (h * w, n_train, d), float32
-        Standardised training features per position.
+    features_ : ndarray of shape (h * w, n_kept, d), float32
+        Standardised training features per position (of every training image, or of the
+        ``max_samples`` the reservoir keeps).
     mean_ : ndarray of shape (h * w, d), float32
         Per-position feature means.
     scale_ : ndarray of shape (h * w, d), float32
@@ -53,7 +61,12 @@ class DFKDEDetector(BaseMemoryDetector):
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
-        Leave-one-image-out :meth:`score_samples` of the training images.
+        Leave-one-image-out :meth:`score_samples` of the training images; after
+        :meth:`partial_fit` or merging, the most recent out-of-sample scores (at most
+        ``sklearn_memad.defaults.CALIBRATION_SIZE``), each image scored by the memory
+        before its batch was added.
+    n_samples_seen_ : int
+        Number of training images seen.
     grid_shape_ : tuple of int
         ``(h, w)`` of the training grids; other grid shapes are refused.
     memory_bytes_ : int
@@ -92,21 +105,88 @@ class DFKDEDetector(BaseMemoryDetector):
             StrOptions({"scott", "silverman"}),
             Interval(Real, 0, None, closed="neither"),
         ],
+        "max_samples": [Interval(Integral, 2, None, closed="left"), None],
+        "random_state": ["random_state"],
     }
 
     @_deprecate_positional_args(version="0.3")
-    def __init__(self, *, bandwidth=DFKDE_BANDWIDTH, contamination=CONTAMINATION, top_k=TOP_K):
+    def __init__(
+        self,
+        *,
+        bandwidth=DFKDE_BANDWIDTH,
+        contamination=CONTAMINATION,
+        top_k=TOP_K,
+        max_samples=None,
+        random_state=None,
+    ):
         self.bandwidth = bandwidth
         self.contamination = contamination
         self.top_k = top_k
+        self.max_samples = max_samples
+        self.random_state = random_state
 
     def _fit_memory(self, grids):
-        n, h, w, d = grids.shape
-        by_position = grids.reshape(n, h * w, d).transpose(1, 0, 2)
-        mean = by_position.mean(axis=1, dtype=np.float64)
-        std = by_position.std(axis=1, dtype=np.float64)
+        samples, kept = self._reservoir(None, _by_position(grids), 0)
+        # Where each training image's own kernel is, for its held-out score (-1: not held).
+        slots = np.full(grids.shape[0], -1)
+        slots[kept] = np.arange(kept.size)
+        self._own_slots = slots
+        self._set_samples(samples)
+
+    def _grow_memory(self, grids):
+        samples, _ = self._reservoir(self._samples(), _by_position(grids), self.n_samples_seen_)
+        self._set_samples(samples)
+
+    def _merge_memories(self, detectors, random_state):
+        samples = np.concatenate([detector._samples() for detector in detectors], axis=1)
+        self.grid_shape_ = detectors[0].grid_shape_
+        if self.max_samples is not None and samples.shape[1] > self.max_samples:
+            # Each shard's samples are a uniform sample of its images; drawing them in
+            # proportion to the images each shard saw keeps the union a uniform sample.
+            held = [detector.features_.shape[1] for detector in detectors]
+            weight = np.repeat([d.n_samples_seen_ / k for d, k in zip(detectors, held)], held)
+            rng = check_random_state(random_state)
+            kept = rng.choice(
+                samples.shape[1], self.max_samples, replace=False, p=weight / weight.sum()
+            )
+            samples = samples[:, np.sort(kept)]
+        self._set_samples(samples)
+
+    def _reservoir(self, kept, new, n_seen):
+        """The samples a seeded reservoir of ``max_samples`` images holds after ``new``, and
+        their indices in ``kept`` followed by ``new``.
+
+        Image ``t`` of the stream (counting from 1) enters a full reservoir with probability
+        ``max_samples / t``, in place of a random one, so the reservoir stays a uniform
+        sample of every image seen.
+        """
+        combined = new if kept is None else np.concatenate([kept, new], axis=1)
+        held = 0 if kept is None else kept.shape[1]
+        if self.max_samples is None or combined.shape[1] <= self.max_samples:
+            return combined, np.arange(combined.shape[1])
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        rng = np.random.RandomState((seed + n_seen) % np.iinfo(np.int32).max)
+        filled = self.max_samples - held
+        index = np.arange(self.max_samples)
+        late = np.arange(held + filled, combined.shape[1])
+        ranks = n_seen + filled + np.arange(1, late.size + 1)
+        accepted = late[rng.random_sample(late.size) < self.max_samples / ranks]
+        for sample, slot in zip(accepted, rng.randint(self.max_samples, size=accepted.size)):
+            index[slot] = sample  # in stream order: a later image may replace an earlier one
+        index = np.sort(index)
+        return combined[:, index], index
+
+    def _samples(self):
+        """The kept samples per position ``(positions, n, d)``, in the input's units."""
+        return self.features_ * self.scale_[:, None, :] + self.mean_[:, None, :]
+
+    def _set_samples(self, samples):
+        """Standardise ``(positions, n, d)`` samples and set the memory from them."""
+        n, d = samples.shape[1], samples.shape[2]
+        mean = samples.mean(axis=1, dtype=np.float64)
+        std = samples.std(axis=1, dtype=np.float64)
         std = np.where(std > _MIN_STD, std, 1.0)
-        features = (by_position - mean[:, None, :]) / std[:, None, :]
+        features = (samples - mean[:, None, :]) / std[:, None, :]
         self.mean_ = mean.astype(np.float32)
         self.scale_ = std.astype(np.float32)
         self.features_ = np.ascontiguousarray(features, dtype=np.float32)
@@ -121,27 +201,28 @@ class DFKDEDetector(BaseMemoryDetector):
         return self.bandwidth
 
     def _score_patches(self, grids):
-        return self._negative_log_density(grids, leave_out=False)
+        return self._negative_log_density(grids, own_slots=None)
 
     def _out_of_sample_patch_scores(self, grids):
-        return self._negative_log_density(grids, leave_out=True)
+        own_slots = self.__dict__.pop("_own_slots", None)
+        if own_slots is None:
+            own_slots = np.arange(grids.shape[0])
+        return self._negative_log_density(grids, own_slots)
 
-    def _negative_log_density(self, grids, leave_out):
-        """-log density of every patch, in blocks of images; ``leave_out``: grids are the
-        training grids, each scored without its own kernel."""
+    def _negative_log_density(self, grids, own_slots):
+        """-log density of every patch, in blocks of images. With ``own_slots`` the grids are
+        training grids, each scored without its own kernel (at that slot; -1: none)."""
         n, h, w, d = grids.shape
         n_train = self.features_.shape[1]
         positions = h * w
         queries = (grids.reshape(n, positions, d) - self.mean_) / self.scale_
         queries = queries.transpose(1, 0, 2).astype(np.float32)  # (positions, n, d)
         two_var = 2.0 * self.bandwidth_**2
-        n_kept = n_train - 1 if leave_out else n_train
+        held = np.zeros(n) if own_slots is None else (own_slots >= 0).astype(float)
         # log of the kernel normalisation, the 1/n of the mean and the standardisation Jacobian.
         log_norm = (
-            np.log(n_kept)
-            + 0.5 * d * np.log(np.pi * two_var)
-            + np.log(self.scale_.astype(np.float64)).sum(axis=1)
-        )
+            0.5 * d * np.log(np.pi * two_var) + np.log(self.scale_.astype(np.float64)).sum(axis=1)
+        )[:, None] + np.log(n_train - held)[None, :]
         out = np.empty((positions, n), dtype=np.float64)
         # In torch: see sklearn_memad.utils.tensors; torch's batched product also beats
         # numpy's loop of small ones. Distances in float64: a float32 product's rounding
@@ -160,9 +241,16 @@ class DFKDEDetector(BaseMemoryDetector):
                     sq = torch.baddbmm(train_sq, block, features.transpose(1, 2), alpha=-2.0)
                     sq += block.square().sum(dim=2, keepdim=True)
                     sq.clamp_(min=0.0)
-                    if leave_out:
-                        own = torch.arange(start, stop)
-                        sq[:, own - start, own] = torch.inf
+                    if own_slots is not None:
+                        rows = np.flatnonzero(own_slots[start:stop] >= 0)
+                        slots = own_slots[start:stop][rows]
+                        sq[:, torch.from_numpy(rows), torch.from_numpy(slots)] = torch.inf
                     log_mean_kernel = torch.logsumexp(sq.mul_(-1.0 / two_var), dim=2)
-                    out[p0:p1, start:stop] = log_norm[p0:p1, None] - log_mean_kernel.numpy()
+                    out[p0:p1, start:stop] = log_norm[p0:p1, start:stop] - log_mean_kernel.numpy()
         return out.T.reshape(n, h, w)
+
+
+def _by_position(grids):
+    """``(n, h, w, d)`` grids as ``(positions, n, d)`` samples."""
+    n, h, w, d = grids.shape
+    return grids.reshape(n, h * w, d).transpose(1, 0, 2)

@@ -4,14 +4,12 @@ from numbers import Real
 
 import numpy as np
 import torch
-from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _deprecate_positional_args
 
 from ..defaults import CONTAMINATION, PADIM_REG, TOP_K
 from ..utils.chunking import chunk_rows
 from ..utils.tensors import read_tensor
-from ..utils.validation import check_grid_shape, check_grids, restore_on_error
 from ._banded import BAND, LAYOUT, BandedProduct, pack_banded, unpack_banded
 from ._base import BaseMemoryDetector
 from ._cholesky import inverse_cholesky
@@ -26,9 +24,10 @@ class PaDiMDetector(BaseMemoryDetector):
     a whitening factor ``W`` of the regularised covariance ``C + reg * I`` (``W C W^T = I``,
     ``W`` lower triangular, stored packed in float32, band by band). A patch's score is its
     Mahalanobis distance ``|W (x - mean)|``. All positions are processed together: no Python
-    loop over positions. ``partial_fit`` accumulates the sufficient statistics (count, sum and
-    sum of outer products per position) chunk by chunk, so a training set need not fit in
-    memory.
+    loop over positions. ``partial_fit`` accumulates the float64 sufficient statistics (count,
+    mean and scatter per position, combined by the pairwise update) batch by batch, so a
+    training set need not fit in memory, and :func:`merge_detectors` combines detectors fitted
+    on disjoint data into exactly the model one ``fit`` on all of it gives.
 
     Parameters
     ----------
@@ -41,6 +40,13 @@ class PaDiMDetector(BaseMemoryDetector):
         Tukey's upper fence (Q3 + 1.5 IQR) of their anomaly scores.
     top_k : int, default=1
         Image anomaly score: the largest patch score (1) or the mean of the ``top_k`` largest.
+    keep_statistics : bool, default=False
+        Keep the sufficient statistics in the fitted model (and its model file), so that it
+        can be merged (:func:`merge_detectors`) or continued (:meth:`partial_fit`) exactly.
+        They take ``h * w * d * (d + 1) * 8`` bytes, several times the model. Without them,
+        ``partial_fit`` still works within one session (it keeps them until the model is
+        saved) and continues a model fitted by :meth:`fit` from its Gaussians, up to float32
+        rounding.
 
     Attributes
     ----------
@@ -54,8 +60,10 @@ class PaDiMDetector(BaseMemoryDetector):
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
-        Leave-one-image-out :meth:`score_samples` of the training images (after
-        :meth:`partial_fit`: of the images of the last chunk).
+        Leave-one-image-out :meth:`score_samples` of the training images; after
+        :meth:`partial_fit` or merging, the most recent out-of-sample scores (at most
+        ``sklearn_memad.defaults.CALIBRATION_SIZE``), each image scored by the memory
+        before its batch was added.
     n_samples_seen_ : int
         Number of training images accumulated.
     grid_shape_ : tuple of int
@@ -75,9 +83,7 @@ class PaDiMDetector(BaseMemoryDetector):
     ``offset_`` comes from leave-one-image-out distances of the training images, computed in
     closed form from the in-sample ones by the Sherman-Morrison formula (the held-out model
     uses the same divisor ``n - 1`` for its covariance), so calibration costs one scoring pass.
-    :meth:`partial_fit` cannot see earlier chunks again, so it calibrates ``offset_`` on the
-    chunk it is given (held out exactly from the model that includes every chunk so far): make
-    the last chunk a representative sample of a few dozen images, or use :meth:`fit`.
+    :meth:`partial_fit` scores each batch against the model before the batch is added.
 
     Examples
     --------
@@ -99,26 +105,32 @@ class PaDiMDetector(BaseMemoryDetector):
     _parameter_constraints: dict = {
         **BaseMemoryDetector._parameter_constraints,
         "reg": [Interval(Real, 0, None, closed="neither")],
+        "keep_statistics": ["boolean"],
     }
 
     @_deprecate_positional_args(version="0.3")
-    def __init__(self, *, reg=PADIM_REG, contamination=CONTAMINATION, top_k=TOP_K):
+    def __init__(
+        self, *, reg=PADIM_REG, contamination=CONTAMINATION, top_k=TOP_K, keep_statistics=False
+    ):
         self.reg = reg
         self.contamination = contamination
         self.top_k = top_k
+        self.keep_statistics = keep_statistics
 
     # ----------------------------------------------------------------- fitting
     def _fit_memory(self, grids):
-        # fit keeps no running sums (only partial_fit needs them): a fitted model holds just
-        # mean_ and whitening_, and each block of positions is whitened straight from data.
-        self.__dict__.pop("_moments", None)
+        self.__dict__.pop("_statistics", None)
+        if self.keep_statistics:
+            self._start_memory(grids)
+            return
+        # Without statistics to keep, a fitted model holds just mean_ and whitening_, and
+        # each block of positions is whitened straight from data.
         n, h, w, d = grids.shape
         flat = grids.reshape(n, h * w, d)
         # torch's float32 mean sums pairwise, so it is as accurate here as numpy's slower
         # float64 mean; the model keeps float32 means anyway.
         mean = read_tensor(flat).mean(dim=0).numpy()
         self.grid_shape_ = (h, w)
-        self.n_samples_seen_ = n
         whitening = np.empty((h * w, d * (d + 1) // 2), dtype=np.float32)
         # 32 MiB blocks keep the halved factorisations near the cache.
         step = chunk_rows((n * d + 3 * d * d) * 8, budget=32 << 20)
@@ -133,56 +145,46 @@ class PaDiMDetector(BaseMemoryDetector):
                 whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
         self._set_model(mean, whitening)
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
-        """Add a chunk of normal grids to the running statistics and refit the Gaussians.
+    def _start_memory(self, grids):
+        # A memory that will grow keeps its sufficient statistics from the first batch.
+        self.grid_shape_ = tuple(grids.shape[1:3])
+        self._statistics = _batch_statistics(grids)
+        self._finalize()
 
-        Parameters
-        ----------
-        X : array-like of shape (n, h, w, d) or (n, d)
-            Grids of defect-free images.
-        y : array-like of shape (n,), default=None
-            As in :meth:`fit`: samples labelled -1 are left out.
+    def _grow_memory(self, grids):
+        statistics = self.__dict__.get("_statistics")
+        if statistics is None:  # fitted by fit without keep_statistics, or loaded without them
+            statistics = self._statistics_from_model()
+        self._statistics = _combined(statistics, _batch_statistics(grids))
+        self._finalize()
 
-        Returns
-        -------
-        self : object
-            Updated detector.
-        """
-        first = not hasattr(self, "n_samples_seen_")
-        with restore_on_error(self):
-            if first:
-                grids = self._validated_training_grids(X, y)
-                self._reset_moments(grids)
-            else:
-                grids, _ = check_grids(self, X, reset=False)
-                check_grid_shape(self, grids, self.grid_shape_)
-                if y is not None:
-                    grids = grids[np.asarray(y) != -1]
-                if not hasattr(self, "_moments"):  # fitted by fit, which keeps no sums
-                    self._moments = self._moments_from_model()
-            self._add_moments(grids)
-            if self.n_samples_seen_ < self._min_images:
-                raise ValueError(
-                    f"PaDiMDetector needs at least {self._min_images} normal samples; got "
-                    f"{self.n_samples_seen_} so far."
-                )
-            self._finalize()
-            # The data of earlier chunks is gone: calibrate on this chunk, held out exactly.
-            self._calibrate(self._out_of_sample_patch_scores(grids))
-        return self
+    def _merge_memories(self, detectors, random_state):
+        missing = [
+            i for i, detector in enumerate(detectors) if "_statistics" not in vars(detector)
+        ]
+        if missing:
+            raise ValueError(
+                f"merge_detectors needs PaDiMDetector's sufficient statistics, which detectors "
+                f"{missing} do not hold: fit each with keep_statistics=True (partial_fit keeps "
+                "them too, until the model is saved without keep_statistics)."
+            )
+        statistics = detectors[0]._statistics
+        for detector in detectors[1:]:
+            statistics = _combined(statistics, detector._statistics)
+        self.grid_shape_ = detectors[0].grid_shape_
+        self._statistics = statistics
+        self._finalize()
 
-    def _reset_moments(self, grids):
-        n, h, w, d = grids.shape
-        self.grid_shape_ = (h, w)
-        self.n_samples_seen_ = 0
-        self._moments = (
-            np.zeros((h * w, d), dtype=np.float64),
-            np.zeros((h * w, d, d), dtype=np.float64),
-        )
+    def __getstate__(self):
+        # The float64 statistics are several times the model's size: a model file holds them
+        # only when asked to (keep_statistics), to be merged or continued exactly.
+        state = dict(super().__getstate__())
+        if not self.keep_statistics:
+            state.pop("_statistics", None)
+        return state
 
-    def _moments_from_model(self):
-        """Running sums that reproduce the fitted Gaussians (to continue after ``fit``)."""
+    def _statistics_from_model(self):
+        """Statistics that reproduce the fitted Gaussians (to continue after ``fit``)."""
         self._check_whitening_layout()
         n = self.n_samples_seen_
         mean = self.mean_.reshape(-1, self.mean_.shape[-1]).astype(np.float64)
@@ -193,38 +195,20 @@ class PaDiMDetector(BaseMemoryDetector):
             lower = torch.linalg.inv(factor)
             cov = torch.bmm(lower, lower.transpose(1, 2)).numpy()
         cov[:, np.arange(d), np.arange(d)] -= self.reg
-        outer = (n - 1) * cov + n * mean[:, :, None] * mean[:, None, :]
-        return n * mean, outer
-
-    def _add_moments(self, grids):
-        n, h, w, d = grids.shape
-        total, outer = self._moments
-        # New arrays rather than in-place sums, so a failed partial_fit leaves the old ones
-        # intact.
-        total = total + grids.reshape(n, h * w, d).sum(axis=0, dtype=np.float64)
-        outer = torch.from_numpy(outer.copy())
-        step = chunk_rows(h * w * d * 8)
-        with torch.inference_mode():
-            for start in range(0, n, step):
-                # (positions, images, d): one batched product X^T X per position.
-                chunk = read_tensor(grids[start : start + step].reshape(-1, h * w, d))
-                chunk = chunk.transpose(0, 1).double()
-                outer.baddbmm_(chunk.transpose(1, 2), chunk)
-        self._moments = (total, outer.numpy())
-        self.n_samples_seen_ += n
+        return n, mean, (n - 1) * cov
 
     def _finalize(self):
-        total, outer = self._moments
-        n = self.n_samples_seen_
-        mean = total / n
+        """The Gaussians (mean, whitening factor) of the current statistics."""
+        n, mean, scatter = self._statistics
+        if n < self._min_images:
+            raise ValueError(
+                f"PaDiMDetector needs at least {self._min_images} normal samples; got {n} so far."
+            )
         d = mean.shape[1]
         whitening = np.empty((mean.shape[0], d * (d + 1) // 2), dtype=np.float32)
         step = chunk_rows(3 * d * d * 8)
         for start in range(0, mean.shape[0], step):
-            block = mean[start : start + step]
-            cov = (outer[start : start + step] - n * block[:, :, None] * block[:, None, :]) / (
-                n - 1
-            )
+            cov = scatter[start : start + step] / (n - 1)
             with torch.inference_mode():
                 whitening[start : start + step] = self._packed_whitening(torch.from_numpy(cov))
         self._set_model(mean, whitening)
@@ -291,3 +275,31 @@ class PaDiMDetector(BaseMemoryDetector):
         denominator = np.maximum(1.0 - shrink * in_sample, 1e-12)
         held_out = (n_total / (n_total - 1)) ** 2 * in_sample / denominator
         return np.sqrt(held_out)
+
+
+def _batch_statistics(grids):
+    """``(count, mean, scatter)`` per position of a batch, in float64."""
+    n, h, w, d = grids.shape
+    flat = grids.reshape(n, h * w, d)
+    mean = flat.mean(axis=0, dtype=np.float64)
+    scatter = np.empty((h * w, d, d), dtype=np.float64)
+    step = chunk_rows(n * d * 8 + d * d * 8)
+    with torch.inference_mode():
+        for start in range(0, h * w, step):
+            stop = min(start + step, h * w)
+            # (positions, images, d): one batched product per position.
+            block = read_tensor(flat[:, start:stop]).transpose(0, 1).double()
+            block = block - torch.from_numpy(mean[start:stop])[:, None, :]
+            scatter[start:stop] = torch.bmm(block.transpose(1, 2), block).numpy()
+    return n, mean, scatter
+
+
+def _combined(first, second):
+    """The statistics of two disjoint sets of images from theirs (the pairwise update)."""
+    n_a, mean_a, scatter_a = first
+    n_b, mean_b, scatter_b = second
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    scatter = scatter_a + scatter_b + (n_a * n_b / n) * (delta[:, :, None] * delta[:, None, :])
+    return n, mean, scatter

@@ -16,7 +16,13 @@ from ..defaults import (
     N_NEIGHBORS,
     TOP_K,
 )
-from ..neighbors import NearestNeighborSearch, greedy_coreset, project_for_coreset
+from ..neighbors import (
+    NearestNeighborSearch,
+    cover_radii,
+    greedy_coreset,
+    project_for_coreset,
+    reduce_coreset,
+)
 from ..utils.chunking import chunk_rows
 from ._base import BaseMemoryDetector
 
@@ -93,11 +99,23 @@ class PatchCoreDetector(BaseMemoryDetector):
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
-        Leave-one-image-out :meth:`score_samples` of the training images.
+        Leave-one-image-out :meth:`score_samples` of the training images; after
+        :meth:`partial_fit` or merging, the most recent out-of-sample scores (at most
+        ``sklearn_memad.defaults.CALIBRATION_SIZE``), each image scored by the memory
+        before its batch was added.
     grid_shape_ : tuple of int
         ``(h, w)`` of the training grids.
     memory_bytes_ : int
         Bytes of the fitted memory (the coreset).
+    cover_radius_ : ndarray of shape (n_coreset,), float32
+        How far from each entry the training patches it stands for lie at most, measured
+        as in the selection (on the projected features when ``projection_dim`` is set).
+        Merging and :meth:`partial_fit` carry these bounds, so ``cover_radius_.max()``
+        bounds the distance of every training patch to the coreset.
+    n_patches_seen_ : int
+        Number of training patches the coreset was selected from.
+    n_samples_seen_ : int
+        Number of training images.
     index_seed_ : int
         Seed of the approximate search's index (``search="approximate"``), drawn in ``fit``
         from ``random_state``, so a reloaded model rebuilds the same index.
@@ -172,27 +190,76 @@ class PatchCoreDetector(BaseMemoryDetector):
 
     def _fit_memory(self, grids):
         n, h, w, d = grids.shape
-        bank = grids.reshape(-1, d)
         rng = check_random_state(self.random_state)
+        entries, sources, radii, selection = self._select(grids.reshape(-1, d), h * w, rng)
+        self.coreset_ = entries
+        self.coreset_source_ = sources
+        self.cover_radius_ = radii
+        self.n_patches_seen_ = n * h * w
+        self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+        self.memory_bytes_ = int(self.coreset_.nbytes)
+        # Kept only until calibration, which reads how the selection covered the bank.
+        self._selection = selection
+
+    def _target_size(self, n_patches):
         ratio = self.coreset_ratio
         if ratio == "auto":
-            ratio = auto_coreset_ratio(bank.shape[0])
-        n_select = int(np.ceil(ratio * bank.shape[0]))
+            ratio = auto_coreset_ratio(n_patches)
+        return int(np.ceil(ratio * n_patches))
+
+    def _select(self, bank, patches_per_image, rng):
+        """The coreset of one bank: entries, their source images, radii, and the selection."""
         points = project_for_coreset(bank, self.projection_dim, rng)
-        selected, owner, _ = greedy_coreset(
+        selected, owner, cover_sq = greedy_coreset(
             points,
-            n_select,
+            self._target_size(bank.shape[0]),
             projection_dim=None,
             random_state=rng,
             verbose=self.verbose,
             return_cover=True,
         )
-        self.coreset_ = np.ascontiguousarray(bank[selected])
-        self.coreset_source_ = (selected // (h * w)).astype(np.int32)
+        entries = np.ascontiguousarray(bank[selected])
+        sources = (selected // patches_per_image).astype(np.int32)
+        radii = cover_radii(owner, cover_sq, selected.size)
+        return entries, sources, radii, (points, selected, owner)
+
+    def _grow_memory(self, grids):
+        n, h, w, d = grids.shape
+        rng = check_random_state(self.random_state)
+        entries, sources, radii, _ = self._select(grids.reshape(-1, d), h * w, rng)
+        self._reduce(
+            [self.coreset_, entries],
+            [self.coreset_source_, sources + self.n_samples_seen_],
+            [self.cover_radius_, radii],
+            self.n_patches_seen_ + n * h * w,
+        )
+
+    def _merge_memories(self, detectors, random_state):
+        offsets = np.cumsum([0] + [detector.n_samples_seen_ for detector in detectors[:-1]])
+        rng = check_random_state(random_state)
+        self._reduce(
+            [detector.coreset_ for detector in detectors],
+            [detector.coreset_source_ + offset for detector, offset in zip(detectors, offsets)],
+            [detector.cover_radius_ for detector in detectors],
+            sum(detector.n_patches_seen_ for detector in detectors),
+        )
+        self.grid_shape_ = detectors[0].grid_shape_
         self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+
+    def _reduce(self, entries, sources, radii, n_patches):
+        """Keep the union of coresets, thinned to the target size of ``n_patches`` patches."""
+        entries = np.concatenate(entries)
+        sources = np.concatenate(sources).astype(np.int32)
+        radii = np.concatenate(radii)
+        # The radii were measured in the selection's projection: the same seed gives it.
+        projection = check_random_state(self.random_state)
+        points = project_for_coreset(entries, self.projection_dim, projection)
+        kept, radii = reduce_coreset(points, radii, self._target_size(n_patches))
+        self.coreset_ = np.ascontiguousarray(entries[kept])
+        self.coreset_source_ = sources[kept]
+        self.cover_radius_ = radii
+        self.n_patches_seen_ = int(n_patches)
         self.memory_bytes_ = int(self.coreset_.nbytes)
-        # Kept only until calibration, which reads how the selection covered the bank.
-        self._selection = (points, selected, owner)
 
     @property
     def _searcher(self):

@@ -1,0 +1,206 @@
+"""Memories that grow and merge: partial_fit, merge_detectors, and calibration after both."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from sklearn_memad import DFKDEDetector, PaDiMDetector, PatchCoreDetector
+from sklearn_memad.detectors import merge_detectors
+from sklearn_memad.neighbors import project_for_coreset
+from sklearn_memad.pipelines import make_detector_pipeline, partial_fit
+
+DETECTORS = {
+    "padim": PaDiMDetector(keep_statistics=True),
+    "patchcore": PatchCoreDetector(coreset_ratio=0.1, random_state=0),
+    "dfkde": DFKDEDetector(),
+}
+
+
+def _grids(n, h=6, w=5, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    position_means = np.random.default_rng(123).normal(scale=2.0, size=(1, h, w, d))
+    return (position_means + rng.normal(size=(n, h, w, d))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return _grids(80)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_each_batch_is_calibrated_by_the_memory_before_it(name, train):
+    streamed = clone(DETECTORS[name])
+    batches = np.split(train, 4)
+    previous = None
+    for batch in batches:
+        if previous is not None:
+            before = previous.score_samples(batch)
+        streamed.partial_fit(batch)
+        if previous is not None:
+            np.testing.assert_allclose(streamed.train_scores_[-len(batch) :], before, rtol=1e-6)
+        previous = pickle.loads(pickle.dumps(streamed))
+    assert streamed.n_samples_seen_ == len(train)
+    # Scores of memories smaller than half of what was seen are dropped: batches 3 and 4.
+    assert streamed.train_scores_.size == 40
+    assert streamed.offset_ == pytest.approx(streamed._offset_from(streamed.train_scores_))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_labelled_anomalies_stay_out_and_an_empty_batch_changes_nothing(name, train):
+    streamed = clone(DETECTORS[name]).partial_fit(train[:40])
+    snapshot = pickle.dumps(streamed)
+    streamed.partial_fit(train[40:50], y=-np.ones(10))
+    assert pickle.dumps(streamed) == snapshot
+    streamed.partial_fit(train[40:50], y=np.r_[np.ones(5), -np.ones(5)])
+    assert streamed.n_samples_seen_ == 45
+
+
+def test_padim_fit_merge_and_partial_fit_agree_exactly(train):
+    x = _grids(15, seed=5)
+    single = PaDiMDetector().fit(train)
+    shards = [PaDiMDetector(keep_statistics=True).fit(part) for part in np.split(train, 4)]
+    merged = merge_detectors(shards)
+    streamed = PaDiMDetector()
+    for batch in np.split(train, 8):
+        streamed.partial_fit(batch)
+    for model in (merged, streamed):
+        np.testing.assert_allclose(model.score_samples(x), single.score_samples(x), rtol=1e-6)
+        np.testing.assert_allclose(model.mean_, single.mean_, rtol=1e-6, atol=1e-6)
+    # A merged model merges again, with the rest of the data.
+    more = _grids(20, seed=9)
+    again = merge_detectors([merged, PaDiMDetector(keep_statistics=True).fit(more)])
+    whole = PaDiMDetector().fit(np.concatenate([train, more]))
+    np.testing.assert_allclose(again.score_samples(x), whole.score_samples(x), rtol=1e-6)
+
+
+def test_padim_merge_needs_statistics(train):
+    shards = [PaDiMDetector().fit(part) for part in np.split(train, 2)]
+    with pytest.raises(ValueError, match=r"keep_statistics=True.*\[0, 1\]|\[0, 1\].*keep_stat"):
+        merge_detectors(shards)
+
+
+def _distances_to_coreset(detector, grids):
+    """Distance of every training patch to the coreset, in the selection's projection."""
+    projection = project_for_coreset(
+        np.concatenate([detector.coreset_, grids.reshape(-1, grids.shape[-1])]),
+        detector.projection_dim,
+        detector.random_state,
+    )
+    entries, patches = projection[: len(detector.coreset_)], projection[len(detector.coreset_) :]
+    sq = (patches**2).sum(1)[:, None] - 2 * patches @ entries.T + (entries**2).sum(1)[None]
+    return np.sqrt(np.maximum(sq, 0).min(axis=1))
+
+
+@pytest.mark.parametrize("way", ["merged", "streamed"])
+def test_patchcore_cover_radius_bounds_every_training_patch(way, train):
+    grids = _grids(80, d=96)
+    detector = PatchCoreDetector(coreset_ratio=0.05, projection_dim=16, random_state=0)
+    if way == "merged":
+        shards = [clone(detector).fit(part) for part in np.split(grids, 4)]
+        detector = merge_detectors(shards, random_state=0)
+    else:
+        for batch in np.split(grids, 5):
+            detector.partial_fit(batch)
+    n_patches = grids.shape[0] * 6 * 5
+    assert detector.n_patches_seen_ == n_patches
+    assert len(detector.coreset_) == int(np.ceil(0.05 * n_patches))
+    assert detector.coreset_source_.max() < len(grids)
+    distances = _distances_to_coreset(detector, grids)
+    assert distances.max() <= detector.cover_radius_.max() * (1 + 1e-4) + 1e-4
+    single = PatchCoreDetector(coreset_ratio=0.05, projection_dim=16, random_state=0).fit(grids)
+    assert detector.cover_radius_.max() < 2 * single.cover_radius_.max()
+
+
+def test_dfkde_merge_keeps_every_sample_or_a_seeded_reservoir(train):
+    x = _grids(10, seed=3)
+    single = DFKDEDetector().fit(train)
+    merged = merge_detectors([DFKDEDetector().fit(part) for part in np.split(train, 4)])
+    assert merged.features_.shape[1] == len(train)
+    np.testing.assert_allclose(merged.score_samples(x), single.score_samples(x), rtol=1e-5)
+    bounded = DFKDEDetector(max_samples=30, random_state=0)
+    for batch in np.split(train, 8):
+        bounded.partial_fit(batch)
+    assert bounded.features_.shape[1] == 30 and bounded.n_samples_seen_ == len(train)
+    again = DFKDEDetector(max_samples=30, random_state=0)
+    for batch in np.split(train, 8):
+        again.partial_fit(batch)
+    np.testing.assert_array_equal(again.features_, bounded.features_)
+    shards = [DFKDEDetector(max_samples=30, random_state=0).fit(p) for p in np.split(train, 4)]
+    assert merge_detectors(shards, random_state=0).features_.shape[1] == 30
+
+
+def test_dfkde_reservoir_is_a_uniform_sample_of_the_stream():
+    grids = np.arange(400, dtype=np.float32).reshape(400, 1, 1, 1)
+    counts = np.zeros(400)
+    for seed in range(60):
+        detector = DFKDEDetector(max_samples=40, random_state=seed)
+        for batch in np.split(grids, 10):
+            detector.partial_fit(batch)
+        counts[np.rint(detector._samples()[0, :, 0]).astype(int)] += 1
+    # Each image is kept with probability 40 / 400: early and late images alike.
+    assert counts[:100].mean() == pytest.approx(6.0, abs=1.5)
+    assert counts[300:].mean() == pytest.approx(6.0, abs=1.5)
+
+
+def test_dfkde_fit_with_a_reservoir_scores_kept_images_without_their_kernel(train):
+    detector = DFKDEDetector(max_samples=50, random_state=0).fit(train)
+    kept = detector._samples().transpose(1, 0, 2).reshape(50, 1, -1)
+    flat = train.reshape(1, len(train), -1)
+    held = (np.abs(kept - flat).max(axis=2) < 1e-4).any(axis=0)
+    assert held.sum() == 50
+    in_sample = detector.score_samples(train)
+    # Images the reservoir left out are new to the memory: scored as any new image.
+    np.testing.assert_allclose(detector.train_scores_[~held], in_sample[~held], rtol=1e-6)
+    # Images it holds are scored without their own kernel: less normal than in sample.
+    assert (detector.train_scores_[held] < in_sample[held] - 1e-6).all()
+
+
+@pytest.mark.parametrize(
+    "shards, error, match",
+    [
+        ([], ValueError, "detectors is empty"),
+        ([PaDiMDetector(), PaDiMDetector()], Exception, "not fitted"),
+        (["a model"], TypeError, "expected sklearn_memad detectors"),
+    ],
+)
+def test_merge_refuses_what_cannot_merge(shards, error, match):
+    with pytest.raises(error, match=match):
+        merge_detectors(shards)
+
+
+def test_merge_refuses_mixed_classes_settings_features_and_grids(train):
+    padim = PaDiMDetector(keep_statistics=True).fit(train[:40])
+    with pytest.raises(TypeError, match="only detectors of one class"):
+        merge_detectors([padim, DFKDEDetector().fit(train[40:])])
+    with pytest.raises(ValueError, match=r"reg=0\.1 vs 0\.01"):
+        merge_detectors([padim, PaDiMDetector(reg=0.1, keep_statistics=True).fit(train[40:])])
+    with pytest.raises(ValueError, match="fitted on 4 features"):
+        merge_detectors([padim, PaDiMDetector(keep_statistics=True).fit(train[40:, ..., :4])])
+    with pytest.raises(ValueError, match=r"\(3, 5\) grid"):
+        merge_detectors([padim, PaDiMDetector(keep_statistics=True).fit(train[40:, :3])])
+    # PatchCore's memory is position-free: other grids merge.
+    patchcore = PatchCoreDetector(random_state=0)
+    merged = merge_detectors([clone(patchcore).fit(train[:40]), patchcore.fit(train[40:, :3])])
+    assert merged.n_samples_seen_ == 80
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim", "dfkde"])
+def test_pipeline_partial_fit_streams_images(method):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(30, 32, 32, 3), dtype=np.uint8)
+    options = dict(backbone="resnet18", weights=None, image_size=32, n_components=8)
+    streamed = make_detector_pipeline(method, **options)
+    for batch in np.split(images, 3):
+        partial_fit(streamed, batch)
+    fitted = make_detector_pipeline(method, **options).fit(images)
+    assert streamed[-1].n_samples_seen_ == 30
+    test = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    if method == "padim":  # exact
+        np.testing.assert_allclose(
+            streamed.score_samples(test), fitted.score_samples(test), rtol=1e-5
+        )
+    assert streamed.predict(test).shape == (4,)
+    with pytest.raises(TypeError, match="Pipeline ending in a sklearn_memad detector"):
+        partial_fit(fitted[:-1], images)
