@@ -155,7 +155,9 @@ def test_progress_bars_by_default_and_quiet_with_q(category, tmp_path, capsys):
     fast_verbose = [a for a in FAST if a != "-q"]
     assert cli.main(argv + fast_verbose) == 0
     err = capsys.readouterr().err
-    assert "FeatureTransformer:" in err and "coreset:" in err
+    # One bar for the stream: images read of the total.
+    assert "fitting:" in err and "10/10" in err
+    assert "FeatureTransformer:" not in err and "coreset:" not in err
     assert cli.main(argv + FAST) == 0
     assert capsys.readouterr().err == ""
 
@@ -607,3 +609,16 @@ def test_fit_validation_errors_are_one_line(extra, code, message, category, tmp_
     assert message in err
     assert len(err.strip().splitlines()) == 1 and err.startswith("memad fit: error: ")
     assert not path.exists()
+
+
+def test_fit_streams_its_folder_in_chunks(category, tmp_path):
+    """Chunks bound memory; PaDiM's statistics make the streamed model the one-pass model."""
+    streamed, whole = tmp_path / "streamed.joblib", tmp_path / "whole.joblib"
+    argv = ["--method", "padim", "--n-components", "8"]
+    assert cli.main(_fit_argv(category, streamed, *argv, "--chunk-size", "3")) == 0
+    assert cli.main(_fit_argv(category, whole, *argv, "--chunk-size", "100")) == 0
+    pipe, _ = load_model(streamed)
+    reference, _ = load_model(whole)
+    assert pipe[-1].n_samples_seen_ == 10
+    test = load_mvtec(category, "test", image_size=SIZE).images
+    np.testing.assert_allclose(pipe.score_samples(test), reference.score_samples(test), rtol=1e-5)

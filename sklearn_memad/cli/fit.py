@@ -9,7 +9,8 @@ import numpy as np
 from .. import defaults
 from ..datasets import read_images, read_labelled, training_files
 from ..persistence import save_model
-from ..pipelines import make_detector_pipeline
+from ..pipelines import make_detector_pipeline, partial_fit
+from ..utils.progress import progress
 from .decisions import check_decision_options, choose_thresholds, validation_files
 from .exit_codes import EXIT_DATA, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError
 from .messages import report_skipped, warn
@@ -65,18 +66,29 @@ def _pipeline_options(args):
     )
 
 
-def _read_data(args, files, found, size):
-    images, kept, skipped = read_images(files, size, not args.quiet)
+def _stream_fit(args, pipe, files, size):
+    """Read the training images a chunk at a time and add each chunk to the pipeline.
+
+    Returns the paths that were read; unreadable ones are reported and skipped.
+    """
+    chunk, kept, skipped = [], [], []
+    for i, path in enumerate(progress(files, not args.quiet, "fitting")):
+        image, read, unreadable = read_images([path], size)
+        chunk += list(image)
+        kept += read
+        skipped += unreadable
+        if chunk and (len(chunk) == args.chunk_size or i == len(files) - 1):
+            try:
+                partial_fit(pipe, np.stack(chunk))
+            except ValueError as exc:  # too few images, too many components...
+                raise CommandError(str(exc), EXIT_DATA) from exc
+            chunk = []
     report_skipped(skipped)
     if not kept:
         raise CommandError(
             f"no readable image among the {len(files)} in '{args.train}'", EXIT_DATA
         )
-    validation = None
-    if found is not None:
-        validation, skipped = read_labelled(found, size, not args.quiet)
-        report_skipped(skipped)
-    return images, kept, validation
+    return kept
 
 
 def _decide(args, pipe, validation, objective, target):
@@ -124,16 +136,18 @@ def run(args):
     features = make_detector_pipeline(args.method, **options)[0].set_params(max_features=None)
     grid_h, grid_w, n_features = _build_backbone(features, size)
     n_components = _n_components(args, n_features)
-    images, kept, validation = _read_data(args, files, found, size)
+    validation = None
+    if found is not None:
+        validation, skipped = read_labelled(found, size, not args.quiet)
+        report_skipped(skipped)
 
-    pipe = make_detector_pipeline(args.method, n_components=n_components, **options)
+    # One progress bar for the stream instead of one per chunk and step.
+    quiet = dict(options, verbose=False)
+    pipe = make_detector_pipeline(args.method, n_components=n_components, **quiet)
     # The backbone is built already: the pipeline's feature step takes it over.
     pipe.steps[0] = (pipe.steps[0][0], features.set_params(**pipe[0].get_params()))
     start = time.perf_counter()
-    try:
-        pipe.fit(images)
-    except ValueError as exc:  # too few images, too many components for the features...
-        raise CommandError(str(exc), EXIT_DATA) from exc
+    kept = _stream_fit(args, pipe, files, size)
     elapsed = time.perf_counter() - start
 
     model, metadata, report = _decide(args, pipe, validation, objective, target)

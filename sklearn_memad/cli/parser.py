@@ -202,6 +202,13 @@ def _add_fit(commands):
         default=defaults.BATCH_SIZE,
         help="images per forward pass",
     )
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=defaults.FIT_CHUNK,
+        help="images read and added to the memory at a time: bounds memory on large "
+        f"folders (default {defaults.FIT_CHUNK})",
+    )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
     _add_common_options(parser)
     parser.set_defaults(run=fit.run)
