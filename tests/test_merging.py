@@ -204,3 +204,12 @@ def test_pipeline_partial_fit_streams_images(method):
     assert streamed.predict(test).shape == (4,)
     with pytest.raises(TypeError, match="Pipeline ending in a sklearn_memad detector"):
         partial_fit(fitted[:-1], images)
+
+
+def test_patchcore_from_an_earlier_version_is_refused_clearly(train):
+    old = PatchCoreDetector(random_state=0).fit(train[:40])
+    del old.cover_radius_  # what a model file of the previous version holds
+    with pytest.raises(ValueError, match="earlier version.*fit it again"):
+        old.partial_fit(train[40:])
+    with pytest.raises(ValueError, match="earlier version"):
+        merge_detectors([old, PatchCoreDetector(random_state=0).fit(train[40:])])

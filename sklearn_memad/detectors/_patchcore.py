@@ -230,7 +230,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         self._reduce(
             [self.coreset_, entries],
             [self.coreset_source_, sources + self.n_samples_seen_],
-            [self.cover_radius_, radii],
+            [getattr(self, "cover_radius_", None), radii],
             self.n_patches_seen_ + n * h * w,
         )
 
@@ -240,7 +240,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         self._reduce(
             [detector.coreset_ for detector in detectors],
             [detector.coreset_source_ + offset for detector, offset in zip(detectors, offsets)],
-            [detector.cover_radius_ for detector in detectors],
+            [getattr(detector, "cover_radius_", None) for detector in detectors],
             sum(detector.n_patches_seen_ for detector in detectors),
         )
         self.grid_shape_ = detectors[0].grid_shape_
@@ -248,6 +248,11 @@ class PatchCoreDetector(BaseMemoryDetector):
 
     def _reduce(self, entries, sources, radii, n_patches):
         """Keep the union of coresets, thinned to the target size of ``n_patches`` patches."""
+        if any(radius is None for radius in radii):
+            raise ValueError(
+                "This PatchCoreDetector was fitted by an earlier version of sklearn_memad, "
+                "which kept no cover radii; fit it again with this version to grow or merge it."
+            )
         entries = np.concatenate(entries)
         sources = np.concatenate(sources).astype(np.int32)
         radii = np.concatenate(radii)
