@@ -62,8 +62,7 @@ def merge_detectors(detectors, *, random_state=None):
       their statistics: fit them with ``keep_statistics=True`` (or with ``partial_fit``).
     - :class:`~sklearn_memad.PatchCoreDetector`: merge-and-reduce. The union of the
       coresets is thinned again by greedy k-center to the size a single fit would keep,
-      each entry weighted by its cover radius, so ``cover_radius_`` still bounds how far
-      every training patch lies from the coreset.
+      and ``cover_radius_`` carries how far every training patch may lie from the coreset.
     - :class:`~sklearn_memad.DFKDEDetector`: every detector's samples are kept; with
       ``max_samples``, a seeded draw keeps that many, a uniform sample of all the images.
 
