@@ -14,7 +14,8 @@ Where things live (imports point down this list, never up):
 - ``features``, ``transformers``, ``detectors``: the estimators;
 - ``maps``, ``metrics``, ``thresholds``, ``masks``, ``model_selection``: what is done with
   their scores;
-- ``pipelines`` (the standard pipelines), ``persistence`` (model files), ``display`` (pictures);
+- ``pipelines`` (the standard pipelines and streaming fit), ``persistence`` (model files),
+  ``display`` (pictures), ``distributed`` (Dask: fit and score on a cluster);
 - ``cli``: the ``memad`` command, one module per command.
 """
 

@@ -30,6 +30,7 @@ LAYERS = {
     "pipelines": 4,
     "persistence": 4,
     "display": 4,
+    "distributed": 4,
     "cli": 5,
     "demo": 6,
     "__init__": 6,

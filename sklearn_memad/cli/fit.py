@@ -8,6 +8,8 @@ import numpy as np
 
 from .. import defaults
 from ..datasets import read_images, read_labelled, training_files
+from ..distributed import connect
+from ..distributed import fit as fit_on_cluster
 from ..persistence import save_model
 from ..pipelines import make_detector_pipeline, partial_fit
 from ..utils.progress import progress
@@ -15,7 +17,7 @@ from .decisions import check_decision_options, choose_thresholds, validation_fil
 from .exit_codes import EXIT_DATA, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError
 from .messages import report_skipped, warn
 
-__all__ = ["run"]
+__all__ = ["cluster_client", "run"]
 
 NAMES = {"PaDiMDetector": "PaDiM", "PatchCoreDetector": "PatchCore", "DFKDEDetector": "DFKDE"}
 
@@ -91,6 +93,27 @@ def _stream_fit(args, pipe, files, size):
     return kept
 
 
+def cluster_client(address):
+    """A client of the Dask cluster at ``address`` (--scheduler), or a CommandError."""
+    try:
+        return connect(address)
+    except (ImportError, ConnectionError) as exc:  # dask not installed, no scheduler there
+        raise CommandError(str(exc), EXIT_SETUP) from exc
+
+
+def _cluster_fit(args, pipe, files):
+    """Fit on the cluster at --scheduler, a partition per worker; return the images read."""
+    with cluster_client(args.scheduler) as client:
+        try:
+            _, skipped = fit_on_cluster(
+                pipe, files, client=client, chunk_size=args.chunk_size, return_skipped=True
+            )
+        except ValueError as exc:  # no readable image, too few images...
+            raise CommandError(str(exc), EXIT_DATA) from exc
+    report_skipped(skipped)
+    return pipe[-1].n_samples_seen_
+
+
 def _decide(args, pipe, validation, objective, target):
     """The model to save, the header's extra entries, and lines to report."""
     if validation is None:
@@ -147,14 +170,17 @@ def run(args):
     # The backbone is built already: the pipeline's feature step takes it over.
     pipe.steps[0] = (pipe.steps[0][0], features.set_params(**pipe[0].get_params()))
     start = time.perf_counter()
-    kept = _stream_fit(args, pipe, files, size)
+    if args.scheduler is None:
+        n_train = len(_stream_fit(args, pipe, files, size))
+    else:
+        n_train = _cluster_fit(args, pipe, files)
     elapsed = time.perf_counter() - start
 
     model, metadata, report = _decide(args, pipe, validation, objective, target)
-    _save(args, model, len(kept), metadata)
+    _save(args, model, n_train, metadata)
     detector = pipe[-1]
     print(
-        f"Fitted {NAMES[type(detector).__name__]} on {len(kept)} images ({size[0]} x "
+        f"Fitted {NAMES[type(detector).__name__]} on {n_train} images ({size[0]} x "
         f"{size[1]} px, grid {grid_h} x {grid_w}, {n_features} features per patch) in "
         f"{elapsed:.1f} s; memory {detector.memory_bytes_ / 1e6:.1f} MB; image threshold "
         f"{-detector.offset_:.4g} (contamination {args.contamination})."

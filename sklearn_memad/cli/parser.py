@@ -175,6 +175,17 @@ def _add_decision_options(parser):
     )
 
 
+def _add_scheduler_option(parser, work):
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help=f"{work} on the Dask cluster whose scheduler is at ADDRESS (e.g. "
+        "tcp://10.0.0.5:8786); its workers must have sklearn_memad and see the images and "
+        "the output folder under the same paths. Needs pip install 'sklearn_memad[dask]'",
+    )
+
+
 # --------------------------------------------------------------------------- commands
 def _add_fit(commands):
     parser = commands.add_parser(
@@ -210,6 +221,7 @@ def _add_fit(commands):
         f"folders (default {defaults.FIT_CHUNK})",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
+    _add_scheduler_option(parser, "read and featurise the images, a partition per worker,")
     _add_common_options(parser)
     parser.set_defaults(run=fit.run)
 
@@ -239,6 +251,7 @@ def _add_score(commands):
         help=f"smoothing of the maps in pixels (default {defaults.SIGMA:g})",
     )
     parser.add_argument("--device", default=None, help="torch device (default: the model's)")
+    _add_scheduler_option(parser, "score the images and write their PNGs")
     _add_common_options(parser)
     parser.set_defaults(run=score.run)
 

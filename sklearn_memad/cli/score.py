@@ -1,7 +1,9 @@
 """``memad score``: score images with a model file; write scores.csv, overlays and masks."""
 
+import copy
 import csv
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ from PIL import Image
 
 from ..datasets import READ_ERRORS, find_images, folder_labels, mask_name, read_images, read_rgb
 from ..display import compose_panels, score_caption
+from ..distributed import score_samples as score_on_cluster
 from ..maps import predict_anomaly_maps
 from ..metrics import image_auroc
 from ..persistence import ModelFileError, inner_pipeline, load_model
@@ -17,7 +20,7 @@ from ..utils.pipeline import model_parts
 from ..utils.progress import progress
 from .decisions import describe_decision, describe_masks, pixel_threshold, write_mask
 from .exit_codes import EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError
-from .fit import NAMES
+from .fit import NAMES, cluster_client
 from .messages import report_skipped, warn
 
 __all__ = ["run"]
@@ -118,6 +121,28 @@ def _score_all(job, pipe, files, size, verbose):
     return rows, skipped
 
 
+def _score_on_cluster(args, job, pipe, files):
+    """``_score_all`` on the cluster at --scheduler: the workers read, score and write."""
+    remote = copy.copy(job)
+    remote.out = job.out.absolute()  # the workers' working folder may be another
+    with cluster_client(args.scheduler) as client:
+        try:
+            result = score_on_cluster(
+                pipe,
+                files,
+                client=client,
+                chunk_size=SCORE_CHUNK,
+                sigma=job.sigma,
+                writer=partial(_write_outputs, remote),
+            )
+        except RuntimeError as exc:
+            raise CommandError(str(exc), EXIT_SETUP) from exc
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from exc
+    columns = (result.paths, result.scores, result.decision, result.labels, result.percentiles)
+    return list(zip(*columns)), result.skipped
+
+
 def _write_csv(path, rows):
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -182,7 +207,10 @@ def run(args):
     job = _Job(args, files, detector, header)
     # One bar for the whole run instead of one per chunk.
     inner_pipeline(pipe).steps[0][1].set_params(verbose=False)
-    rows, skipped = _score_all(job, pipe, files, header.get("image_size"), not args.quiet)
+    if args.scheduler is None:
+        rows, skipped = _score_all(job, pipe, files, header.get("image_size"), not args.quiet)
+    else:
+        rows, skipped = _score_on_cluster(args, job, pipe, files)
     report_skipped(skipped)
     if not rows:
         raise CommandError(f"no readable image among the {len(files)} given", EXIT_DATA)
