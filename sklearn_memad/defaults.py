@@ -29,6 +29,7 @@ __all__ = [
     "AUTO_CORESET_SIZE",
     "BACKBONE",
     "BATCH_SIZE",
+    "CALIBRATION_IMAGES",
     "CALIBRATION_SIZE",
     "CONTAMINATION",
     "CORESET_RATIO",
@@ -81,5 +82,8 @@ SIGMA = 4.0
 #: Out-of-sample training scores kept for calibration after ``partial_fit`` and merging: the
 #: most recent ones, each scored by a memory that did not hold its image.
 CALIBRATION_SIZE = 2048
+#: Training images that PaDiM and DFKDE keep (a seeded reservoir, a uniform sample) to
+#: calibrate out of sample, leaving each one out exactly, after ``partial_fit`` and merging.
+CALIBRATION_IMAGES = 128
 #: Images per chunk when ``memad fit`` streams a folder through the pipeline.
 FIT_CHUNK = 256

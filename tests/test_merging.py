@@ -29,12 +29,10 @@ def train():
     return _grids(80)
 
 
-@pytest.mark.parametrize("name", DETECTORS)
-def test_each_batch_is_calibrated_by_the_memory_before_it(name, train):
-    streamed = clone(DETECTORS[name])
-    batches = np.split(train, 4)
+def test_patchcore_batches_are_calibrated_by_the_memory_before_them(train):
+    streamed = clone(DETECTORS["patchcore"])
     previous = None
-    for batch in batches:
+    for batch in np.split(train, 4):
         if previous is not None:
             before = previous.score_samples(batch)
         streamed.partial_fit(batch)
@@ -42,9 +40,39 @@ def test_each_batch_is_calibrated_by_the_memory_before_it(name, train):
             np.testing.assert_allclose(streamed.train_scores_[-len(batch) :], before, rtol=1e-6)
         previous = pickle.loads(pickle.dumps(streamed))
     assert streamed.n_samples_seen_ == len(train)
-    # Scores of memories smaller than half of what was seen are dropped: batches 3 and 4.
-    assert streamed.train_scores_.size == 40
+    # Only scores of memories of at least three quarters of the images stay: batch 4's.
+    assert streamed.train_scores_.size == 20
     assert streamed.offset_ == pytest.approx(streamed._offset_from(streamed.train_scores_))
+
+
+@pytest.mark.parametrize("name", ["padim", "dfkde"])
+def test_streamed_and_merged_calibration_leaves_each_image_out_as_fit_does(name, train):
+    """PaDiM and DFKDE hold (a reservoir of) their images: each is left out exactly."""
+    fitted = clone(DETECTORS[name]).fit(train)
+    streamed = clone(DETECTORS[name])
+    for batch in np.split(train, 4):
+        streamed.partial_fit(batch)
+    merged = merge_detectors([clone(DETECTORS[name]).fit(p) for p in np.split(train, 4)])
+    for model in (streamed, merged):
+        np.testing.assert_allclose(
+            np.sort(model.train_scores_), np.sort(fitted.train_scores_), rtol=1e-5
+        )
+        assert model.offset_ == pytest.approx(fitted.offset_, rel=1e-5)
+
+
+def test_calibration_images_are_a_bounded_uniform_sample():
+    grids = _grids(400, h=2, w=2, d=3)
+    streamed = PaDiMDetector()
+    for batch in np.split(grids, 20):
+        streamed.partial_fit(batch)
+    assert streamed.train_scores_.size == 128
+    assert streamed._calibration_grids.shape == (128, 2, 2, 3)
+    # The reservoir holds early and late images alike.
+    index = [
+        int(np.flatnonzero((grids == g).all(axis=(1, 2, 3)))[0])
+        for g in streamed._calibration_grids
+    ]
+    assert 0.25 < np.mean(np.asarray(index) < 200) < 0.75
 
 
 @pytest.mark.parametrize("name", DETECTORS)

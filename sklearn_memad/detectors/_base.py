@@ -74,6 +74,9 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     _models_positions = True
     # Smallest number of normal images the memory can be built from.
     _min_images = 1
+    # Calibration scores given by a memory of fewer than this share of the images seen are
+    # dropped: a smaller memory scores normal images worse than the final one would.
+    _calibration_memory_share = 0.5
 
     _parameter_constraints: dict = {
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
@@ -143,12 +146,25 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             memory_size = self.n_samples_seen_
             self._grow_memory(grids)
             self.n_samples_seen_ += grids.shape[0]
-            self._keep_calibration(
-                np.concatenate([self.train_scores_, before]),
-                np.concatenate([self._memory_sizes(), np.full(before.size, memory_size)]),
-                newest=before.size,
-            )
+            self._recalibrate(grids, before, memory_size)
         return self
+
+    def _recalibrate(self, grids, before, memory_size):
+        """Calibrate after ``grids`` were added: by default on scores given by the memory
+        before each batch was added (``before``, by a memory of ``memory_size`` images)."""
+        self._keep_calibration(
+            np.concatenate([self.train_scores_, before]),
+            np.concatenate([self._memory_sizes(), np.full(before.size, memory_size)]),
+            newest=before.size,
+        )
+
+    def _calibrate_merged(self, detectors):
+        """Calibrate a merged memory: by default on the detectors' own out-of-sample scores."""
+        self._keep_calibration(
+            np.concatenate([detector.train_scores_ for detector in detectors]),
+            np.concatenate([detector._memory_sizes() for detector in detectors]),
+            newest=sum(detector.train_scores_.size for detector in detectors),
+        )
 
     def _start_memory(self, grids):
         """The memory of a first ``partial_fit`` batch: what ``fit`` builds, by default."""
@@ -200,9 +216,9 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         return sizes
 
     def _keep_calibration(self, scores, memory_sizes, newest):
-        """Keep the most recent out-of-sample scores given by a memory of at least half the
-        images seen (and the ``newest`` ones in any case); set ``offset_`` from them."""
-        keep = memory_sizes >= self.n_samples_seen_ / 2
+        """Keep the most recent out-of-sample scores given by a memory of at least a share of
+        the images seen (and the ``newest`` ones in any case); set ``offset_`` from them."""
+        keep = memory_sizes >= self._calibration_memory_share * self.n_samples_seen_
         keep[memory_sizes.size - newest :] = True
         self.train_scores_ = np.asarray(scores, dtype=np.float64)[keep][-CALIBRATION_SIZE:]
         self._scored_by = memory_sizes[keep][-CALIBRATION_SIZE:]

@@ -8,8 +8,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _deprecate_positional_args
 
-from ..defaults import CONTAMINATION, DFKDE_BANDWIDTH, TOP_K
+from ..defaults import CALIBRATION_IMAGES, CONTAMINATION, DFKDE_BANDWIDTH, TOP_K
 from ..utils.chunking import chunk_rows
+from ..utils.reservoir import reservoir_indices
 from ._base import BaseMemoryDetector
 
 __all__ = ["DFKDEDetector"]
@@ -153,28 +154,32 @@ class DFKDEDetector(BaseMemoryDetector):
         self._set_samples(samples)
 
     def _reservoir(self, kept, new, n_seen):
-        """The samples a seeded reservoir of ``max_samples`` images holds after ``new``, and
-        their indices in ``kept`` followed by ``new``.
-
-        Image ``t`` of the stream (counting from 1) enters a full reservoir with probability
-        ``max_samples / t``, in place of a random one, so the reservoir stays a uniform
-        sample of every image seen.
-        """
+        """The samples a seeded reservoir of ``max_samples`` images holds after ``new`` (a
+        uniform sample of every image seen), and their indices in ``kept`` then ``new``."""
         combined = new if kept is None else np.concatenate([kept, new], axis=1)
-        held = 0 if kept is None else kept.shape[1]
-        if self.max_samples is None or combined.shape[1] <= self.max_samples:
+        if self.max_samples is None:
             return combined, np.arange(combined.shape[1])
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        rng = np.random.RandomState((seed + n_seen) % np.iinfo(np.int32).max)
-        filled = self.max_samples - held
-        index = np.arange(self.max_samples)
-        late = np.arange(held + filled, combined.shape[1])
-        ranks = n_seen + filled + np.arange(1, late.size + 1)
-        accepted = late[rng.random_sample(late.size) < self.max_samples / ranks]
-        for sample, slot in zip(accepted, rng.randint(self.max_samples, size=accepted.size)):
-            index[slot] = sample  # in stream order: a later image may replace an earlier one
-        index = np.sort(index)
+        held = 0 if kept is None else kept.shape[1]
+        index = reservoir_indices(held, new.shape[1], n_seen, self.max_samples, seed)
         return combined[:, index], index
+
+    def _recalibrate(self, grids, before, memory_size):
+        self._calibrate_on_samples()
+
+    def _calibrate_merged(self, detectors):
+        self._calibrate_on_samples()
+
+    def _calibrate_on_samples(self):
+        """Leave-one-image-out scores of the memory's own images (of an even subset of at
+        most ``CALIBRATION_IMAGES``), as ``fit`` calibrates."""
+        samples = self._samples()
+        n_kept = samples.shape[1]
+        slots = np.unique(np.linspace(0, n_kept - 1, min(n_kept, CALIBRATION_IMAGES)).round())
+        slots = slots.astype(int)
+        h, w = self.grid_shape_
+        grids = samples[:, slots].transpose(1, 0, 2).reshape(slots.size, h, w, -1)
+        self._calibrate(self._negative_log_density(grids, own_slots=slots))
 
     def _samples(self):
         """The kept samples per position ``(positions, n, d)``, in the input's units."""

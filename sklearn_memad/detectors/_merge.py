@@ -1,6 +1,5 @@
 """One detector from several fitted on disjoint data: the memory merged, calibration kept."""
 
-import numpy as np
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
@@ -116,9 +115,5 @@ def merge_detectors(detectors, *, random_state=None):
     merged._merge_memories(detectors, random_state)
     merged.n_features_in_ = first.n_features_in_
     merged.n_samples_seen_ = int(sum(detector.n_samples_seen_ for detector in detectors))
-    merged._keep_calibration(
-        np.concatenate([detector.train_scores_ for detector in detectors]),
-        np.concatenate([detector._memory_sizes() for detector in detectors]),
-        newest=sum(detector.train_scores_.size for detector in detectors),
-    )
+    merged._calibrate_merged(detectors)
     return merged
