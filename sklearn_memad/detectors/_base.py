@@ -175,24 +175,12 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         grids, _ = check_grids(self, X, reset=False)
         if self._models_positions:
             check_grid_shape(self, grids, self.grid_shape_)
-        if y is not None:
-            labels = np.asarray(y)
-            if labels.shape != (grids.shape[0],):
-                raise ValueError(
-                    f"y must have shape ({grids.shape[0]},) to match X; got shape {labels.shape}."
-                )
-            grids = grids[labels != -1]
+        grids = _normal_only(grids, y)
         return grids
 
     def _validated_training_grids(self, X, y):
         grids, _ = check_grids(self, X, reset=True)
-        if y is not None:
-            labels = np.asarray(y)
-            if labels.shape != (grids.shape[0],):
-                raise ValueError(
-                    f"y must have shape ({grids.shape[0]},) to match X; got shape {labels.shape}."
-                )
-            grids = grids[labels != -1]
+        grids = _normal_only(grids, y)
         if grids.shape[0] < self._min_images:
             raise ValueError(
                 f"{type(self).__name__} needs at least {self._min_images} normal samples to "
@@ -339,3 +327,15 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = False
         return tags
+
+
+def _normal_only(grids, y):
+    """The grids not labelled -1 (anomaly) in ``y``; all of them without labels."""
+    if y is None:
+        return grids
+    labels = np.asarray(y)
+    if labels.shape != (grids.shape[0],):
+        raise ValueError(
+            f"y must have shape ({grids.shape[0]},) to match X; got shape {labels.shape}."
+        )
+    return grids[labels != -1]
