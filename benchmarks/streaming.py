@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from run import _Clock  # the benchmark harness's method timer (benchmarks/run.py)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mtd"
@@ -86,23 +87,6 @@ def image_chunks(files, n, chunk, size):
         if skipped:
             raise SystemExit(f"unreadable training files: {skipped}")
         yield np.stack([_augmented(im, int(i // n_files)) for im, i in zip(images, index)])
-
-
-class _Clock:
-    """Wall time spent inside one method of a class (patched in for the run)."""
-
-    def __init__(self, owner, name):
-        self.seconds = 0.0
-        original = getattr(owner, name)
-
-        def timed(*a, **k):
-            start = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        setattr(owner, name, timed)
 
 
 def run_worker(args):
