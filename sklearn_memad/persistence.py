@@ -20,6 +20,7 @@ from .detectors import BaseMemoryDetector
 from .features import FeatureTransformer
 from .thresholds import ThresholdedDetector
 from .utils.pipeline import model_parts
+from .utils.validation import check_image_size
 
 __all__ = ["MODEL_FORMAT", "ModelFileError", "inner_pipeline", "load_model", "save_model"]
 
@@ -45,13 +46,7 @@ def inner_pipeline(model):
 
 def _image_size_of(pipeline):
     """(H, W) the pipeline's FeatureTransformer resizes to, or None."""
-    first = inner_pipeline(pipeline).steps[0][1]
-    size = getattr(first, "image_size", None)
-    if size is None:
-        return None
-    if isinstance(size, Integral):
-        return (int(size), int(size))
-    return tuple(int(v) for v in size)
+    return check_image_size(getattr(inner_pipeline(pipeline).steps[0][1], "image_size", None))
 
 
 def _check_pipeline(model, path):

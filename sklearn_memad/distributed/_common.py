@@ -9,6 +9,7 @@ from sklearn.pipeline import Pipeline
 
 from ..datasets import ImageFolderError, read_images
 from ..detectors import BaseMemoryDetector
+from ..utils.validation import check_image_size
 
 __all__ = [
     "FIRST_BATCH",
@@ -67,12 +68,7 @@ def check_chunk_size(chunk_size):
 
 def image_size(pipeline):
     """(H, W) the pipeline's first step resizes images to, or None (each image's own)."""
-    size = getattr(pipeline.steps[0][1], "image_size", None)
-    if size is None:
-        return None
-    if isinstance(size, Integral):
-        return (int(size), int(size))
-    return tuple(int(v) for v in size)
+    return check_image_size(getattr(pipeline.steps[0][1], "image_size", None))
 
 
 def remote(paths):
