@@ -2,8 +2,9 @@
 
 With ``contamination=c``, a detector's ``offset_`` is the ``c`` quantile of out-of-sample
 scores of its training images, so about a fraction ``c`` of new normal images should be
-flagged (``predict == -1``). After ``partial_fit`` or merging those scores come from smaller
-memories than the final one (see ``_keep_calibration`` in ``sklearn_memad/detectors/_base.py``).
+flagged (``predict == -1``). After ``partial_fit`` or merging those scores are of a reservoir
+of training images, each left out of the final memory (``_keep_for_calibration`` in
+``sklearn_memad/detectors/_base.py``).
 This script fits each standard detector on all the training grids of an MVTec-layout folder,
 three ways (one ``fit``; ``merge_detectors`` of K consecutive shards; ``partial_fit`` in
 batches of B images), for each contamination, and reports the share of the held-out
@@ -88,7 +89,7 @@ def main(argv=None):
                     "defective_flagged": float(flagged[defective].mean()),
                     "offset": float(detector.offset_),
                     "n_calibration_scores": int(detector.train_scores_.size),
-                    "calibration_memory_sizes": _sizes(detector),
+                    "calibration_images": _images(detector),
                     "in_target": bool(0.5 * c <= share <= 2 * c),
                     "fit_seconds": timing["seconds"],
                 }
@@ -113,10 +114,11 @@ def main(argv=None):
     print(table)
 
 
-def _sizes(detector):
-    """Smallest and largest memory (in images) that scored the kept calibration scores."""
-    sizes = detector._memory_sizes()
-    return [int(sizes.min()), int(sizes.max())]
+def _images(detector):
+    """First and last training image (in the order they came) of the calibration sample;
+    None after a plain fit, which calibrates on every training image."""
+    ids = vars(detector).get("_calibration_ids")
+    return None if ids is None else [int(ids.min()), int(ids.max())]
 
 
 def markdown(rows, meta):
@@ -129,15 +131,16 @@ def markdown(rows, meta):
         f"(`predict == -1`); training images in {meta['order']} order, consecutive runs of "
         "them make the shards and batches. Target after `partial_fit`: within [0.5 c, 2 c]. "
         "Calibration "
-        "scores: how many `offset_` comes from, and the smallest and largest memory (in "
-        "images) that scored them.",
+        "scores: how many `offset_` comes from (each image left out of the final memory), "
+        "and the first and last training image of the sample they score (all of them after "
+        "a plain fit).",
         "",
         "| detector | contamination c | variant | good flagged | in [0.5c, 2c] | defective "
-        "flagged | calibration scores (memory sizes) |",
+        "flagged | calibration scores (images) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lo, hi = r["calibration_memory_sizes"]
+        lo, hi = r["calibration_images"] or (0, r["n_calibration_scores"] - 1)
         lines.append(
             f"| {NAMES[r['detector']]} | {r['contamination']:g} | {r['variant']} | "
             f"{r['good_flagged']:.3f} ({round(r['good_flagged'] * r['n_good'])}) | "

@@ -143,8 +143,10 @@ def build(proto, train, variant, random_state=0, after_batch=None):
         timing["seconds"] = time.perf_counter() - start
     elif kind == "merge":
         shard_proto = clone(proto)
-        if "keep_statistics" in shard_proto.get_params():
-            shard_proto.set_params(keep_statistics=True)
+        # As distributed.fit does: each shard keeps what merging needs.
+        for name in ("keep_statistics", "keep_calibration"):
+            if name in shard_proto.get_params():
+                shard_proto.set_params(**{name: True})
         shards, shard_seconds = [], []
         for part in np.array_split(np.arange(train.shape[0]), size):
             shard = clone(shard_proto)

@@ -29,20 +29,75 @@ def train():
     return _grids(80)
 
 
-def test_patchcore_batches_are_calibrated_by_the_memory_before_them(train):
-    streamed = clone(DETECTORS["patchcore"])
-    previous = None
-    for batch in np.split(train, 4):
-        if previous is not None:
-            before = previous.score_samples(batch)
-        streamed.partial_fit(batch)
-        if previous is not None:
-            np.testing.assert_allclose(streamed.train_scores_[-len(batch) :], before, rtol=1e-6)
-        previous = pickle.loads(pickle.dumps(streamed))
-    assert streamed.n_samples_seen_ == len(train)
-    # Only scores of memories of at least three quarters of the images stay: batch 4's.
-    assert streamed.train_scores_.size == 20
-    assert streamed.offset_ == pytest.approx(streamed._offset_from(streamed.train_scores_))
+def _held_out_without_replacements(detector):
+    """Each reservoir image's score against the coreset without the image's own entries."""
+    grids, ids = detector._calibration_grids, detector._calibration_ids
+    n, h, w, d = grids.shape
+    distances = np.linalg.norm(
+        grids.reshape(n, h * w, 1, d) - detector.coreset_[None, None], axis=-1
+    )
+    own = detector.coreset_source_[None, None, :] == ids[:, None, None]
+    return -np.where(own, np.inf, distances).min(axis=2).max(axis=1)
+
+
+@pytest.mark.parametrize("variant", ["partial_fit", "merge"])
+def test_patchcore_grown_or_merged_calibrates_its_reservoir_against_the_whole_memory(
+    variant, train
+):
+    if variant == "partial_fit":
+        model = clone(DETECTORS["patchcore"])
+        for batch in np.split(train, 4):
+            model.partial_fit(batch)
+    else:
+        shards = [clone(DETECTORS["patchcore"]).partial_fit(p) for p in np.split(train, 4)]
+        model = merge_detectors(shards, random_state=0)
+    assert model.n_samples_seen_ == len(train)
+    ids = model._calibration_ids
+    assert ids.size == model.train_scores_.size == len(train)  # fewer than the reservoir holds
+    np.testing.assert_array_equal(model._calibration_grids, train[ids])
+    # Each image's own entries are left out, and replacement entries (patches of other
+    # images) can only come nearer than the rest of the coreset.
+    without_own = _held_out_without_replacements(model)
+    assert np.all(model.train_scores_ >= without_own - 1e-5)
+    assert np.any(model.train_scores_ > without_own + 1e-3)
+    in_sample = model.score_samples(model._calibration_grids)
+    assert np.any(model.train_scores_ < in_sample - 1e-3)
+    assert model.offset_ == pytest.approx(model._offset_from(model.train_scores_))
+
+
+@pytest.mark.parametrize("variant", ["fit", "partial_fit", "merge"])
+def test_patchcore_threshold_flags_about_the_contamination_of_new_normal_grids(variant):
+    train, new = _grids(160, seed=1), _grids(600, seed=2)
+    proto = PatchCoreDetector(coreset_ratio=0.05, contamination=0.1, random_state=0)
+    if variant == "fit":
+        model = clone(proto).fit(train)
+    elif variant == "partial_fit":
+        model = clone(proto)
+        for batch in np.split(train, 8):
+            model.partial_fit(batch)
+    else:
+        shards = [
+            clone(proto).set_params(keep_calibration=True).fit(p) for p in np.split(train, 4)
+        ]
+        model = merge_detectors(shards)
+    assert 0.05 <= np.mean(model.predict(new) == -1) <= 0.2
+
+
+def test_patchcore_keeps_its_calibration_sample_in_a_pickle_only_when_asked(train):
+    plain = PatchCoreDetector(coreset_ratio=0.1, random_state=0)
+    for batch in np.split(train, 2):
+        plain.partial_fit(batch)
+    assert plain._calibration_grids.shape[0] == len(train)
+    loaded = pickle.loads(pickle.dumps(plain))
+    assert "_calibration_grids" not in vars(loaded) and "_spare_entries" not in vars(loaded)
+    # The reservoir starts again with the images added after loading.
+    loaded.partial_fit(train[:10])
+    np.testing.assert_array_equal(loaded._calibration_ids, np.arange(80, 90))
+
+    kept = clone(plain).set_params(keep_calibration=True).fit(train)
+    again = pickle.loads(pickle.dumps(kept))
+    np.testing.assert_array_equal(again._calibration_grids, kept._calibration_grids)
+    np.testing.assert_array_equal(again.train_scores_, kept.train_scores_)
 
 
 @pytest.mark.parametrize("name", ["padim", "dfkde"])

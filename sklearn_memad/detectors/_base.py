@@ -15,10 +15,11 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..defaults import CALIBRATION_SIZE
+from ..defaults import CALIBRATION_IMAGES, CALIBRATION_SIZE
+from ..utils.reservoir import reservoir_indices
 from ..utils.validation import check_grid_shape, check_grids, restore_on_error
 
-__all__ = ["BaseMemoryDetector", "image_scores_from_patches"]
+__all__ = ["BaseMemoryDetector", "image_offsets", "image_scores_from_patches"]
 
 # "auto" flags images beyond Tukey's upper fence of the out-of-sample normal anomaly scores.
 _TUKEY_FENCE = 1.5
@@ -59,6 +60,11 @@ def image_scores_from_patches(patch_scores, top_k=1):
     return top.mean(axis=1, dtype=np.float64)
 
 
+def image_offsets(detectors):
+    """Number of the first image of each detector when their images are numbered in turn."""
+    return np.cumsum([0] + [detector.n_samples_seen_ for detector in detectors[:-1]])
+
+
 class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     """Base class of the memory-based detectors: PaDiM, PatchCore and DFKDE.
 
@@ -70,13 +76,13 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
 
     # Novelty detectors, as LocalOutlierFactor(novelty=True): scikit-learn's checks read this.
     novelty = True
+    # What a memory keeps to calibrate on after it grows or merges: a reservoir of training
+    # grids and their image numbers.
+    _calibration_set = ("_calibration_grids", "_calibration_ids")
     # PaDiM and DFKDE model each grid position; PatchCore's memory is position-free.
     _models_positions = True
     # Smallest number of normal images the memory can be built from.
     _min_images = 1
-    # Calibration scores given by a memory of fewer than this share of the images seen are
-    # dropped: a smaller memory scores normal images worse than the final one would.
-    _calibration_memory_share = 0.5
 
     _parameter_constraints: dict = {
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
@@ -114,11 +120,10 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         """Add a batch of normal grids to the memory; on an unfitted detector, start one.
 
         ``for batch in batches: detector.partial_fit(batch)`` builds a memory without ever
-        holding all the grids. Each batch is scored against the memory before it is added,
-        so its scores are out of sample; the first batch is scored as :meth:`fit` does.
-        ``offset_`` comes from the most recent of these scores that a memory of at least
-        half the images seen so far gave (a much smaller memory scores normal images worse
-        than the final one would), and always from the newest batch's.
+        holding all the grids. ``offset_`` follows the memory: it comes from out-of-sample
+        scores, against the grown memory, of a seeded reservoir of at most
+        ``sklearn_memad.defaults.CALIBRATION_IMAGES`` training images (a uniform sample of
+        all the batches), as :meth:`fit` calibrates on all its images.
 
         Parameters
         ----------
@@ -142,29 +147,57 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             grids = self._validated_batch(X, y)
             if grids.shape[0] == 0:
                 return self
-            before = -image_scores_from_patches(self._score_patches(grids), self.top_k)
-            memory_size = self.n_samples_seen_
+            first_image = self.n_samples_seen_
             self._grow_memory(grids)
             self.n_samples_seen_ += grids.shape[0]
-            self._recalibrate(grids, before, memory_size)
+            self._recalibrate(grids, first_image)
         return self
 
-    def _recalibrate(self, grids, before, memory_size):
-        """Calibrate after ``grids`` were added: by default on scores given by the memory
-        before each batch was added (``before``, by a memory of ``memory_size`` images)."""
-        self._keep_calibration(
-            np.concatenate([self.train_scores_, before]),
-            np.concatenate([self._memory_sizes(), np.full(before.size, memory_size)]),
-            newest=before.size,
-        )
-
     def _calibrate_merged(self, detectors):
-        """Calibrate a merged memory: by default on the detectors' own out-of-sample scores."""
-        self._keep_calibration(
-            np.concatenate([detector.train_scores_ for detector in detectors]),
-            np.concatenate([detector._memory_sizes() for detector in detectors]),
-            newest=sum(detector.train_scores_.size for detector in detectors),
+        """Calibrate a merged memory without a sample of images to score against it: on the
+        detectors' own out-of-sample scores, each given by a smaller memory."""
+        scores = np.concatenate([detector.train_scores_ for detector in detectors])
+        self.train_scores_ = scores[-CALIBRATION_SIZE:]
+        self.offset_ = self._offset_from(self.train_scores_)
+
+    def _keep_for_calibration(self, grids, first_image):
+        """Add ``grids``, the training images numbered from ``first_image`` on, to the seeded
+        reservoir of images that the memory calibrates on."""
+        ids = np.arange(first_image, first_image + grids.shape[0])
+        held = self.__dict__.get("_calibration_grids")
+        n_held = 0 if held is None else held.shape[0]
+        if held is not None:
+            grids = np.concatenate([held, grids])
+            ids = np.concatenate([self._calibration_ids, ids])
+        index = reservoir_indices(n_held, ids.size - n_held, first_image, CALIBRATION_IMAGES, 0)
+        self._calibration_grids = np.ascontiguousarray(grids[index])
+        self._calibration_ids = ids[index]
+
+    def _drop_calibration_set(self):
+        for name in self._calibration_set:
+            self.__dict__.pop(name, None)
+
+    def _merged_calibration_set(self, detectors):
+        """A uniform sample of all the images of ``detectors``, drawn from their reservoirs in
+        proportion to the images each saw, numbered as in the merge; False if one has none."""
+        reservoirs = [vars(detector).get("_calibration_grids") for detector in detectors]
+        if any(reservoir is None for reservoir in reservoirs):
+            return False
+        offsets = image_offsets(detectors)
+        ids = np.concatenate(
+            [d._calibration_ids + offset for d, offset in zip(detectors, offsets)]
         )
+        weight = np.concatenate(
+            [np.full(len(r), d.n_samples_seen_ / len(r)) for d, r in zip(detectors, reservoirs)]
+        )
+        size = min(CALIBRATION_IMAGES, weight.size)
+        chosen = np.random.RandomState(0).choice(
+            weight.size, size, replace=False, p=weight / weight.sum()
+        )
+        index = np.sort(chosen)
+        self._calibration_grids = np.ascontiguousarray(np.concatenate(reservoirs)[index])
+        self._calibration_ids = ids[index]
+        return True
 
     def _start_memory(self, grids):
         """The memory of a first ``partial_fit`` batch: what ``fit`` builds, by default."""
@@ -193,23 +226,6 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     def _calibrate(self, out_of_sample_patch_scores):
         """Set ``train_scores_`` and ``offset_`` from out-of-sample scores of the training set."""
         self.train_scores_ = -image_scores_from_patches(out_of_sample_patch_scores, self.top_k)
-        self.__dict__.pop("_scored_by", None)
-        self.offset_ = self._offset_from(self.train_scores_)
-
-    def _memory_sizes(self):
-        """How many images the memory that gave each of ``train_scores_`` held."""
-        sizes = self.__dict__.get("_scored_by")
-        if sizes is None:  # scores of a fit, each by the memory of all the others
-            sizes = np.full(self.train_scores_.size, max(self.n_samples_seen_ - 1, 1))
-        return sizes
-
-    def _keep_calibration(self, scores, memory_sizes, newest):
-        """Keep the most recent out-of-sample scores given by a memory of at least a share of
-        the images seen (and the ``newest`` ones in any case); set ``offset_`` from them."""
-        keep = memory_sizes >= self._calibration_memory_share * self.n_samples_seen_
-        keep[memory_sizes.size - newest :] = True
-        self.train_scores_ = np.asarray(scores, dtype=np.float64)[keep][-CALIBRATION_SIZE:]
-        self._scored_by = memory_sizes[keep][-CALIBRATION_SIZE:]
         self.offset_ = self._offset_from(self.train_scores_)
 
     def _offset_from(self, train_scores):

@@ -63,9 +63,9 @@ class DFKDEDetector(BaseMemoryDetector):
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
         Leave-one-image-out :meth:`score_samples` of the training images; after
-        :meth:`partial_fit` or merging, the most recent out-of-sample scores (at most
-        ``sklearn_memad.defaults.CALIBRATION_SIZE``), each image scored by the memory
-        before its batch was added.
+        :meth:`partial_fit` or merging, those of a seeded reservoir of at most
+        ``sklearn_memad.defaults.CALIBRATION_IMAGES`` of them (a uniform sample of all),
+        each left out of the whole memory.
     n_samples_seen_ : int
         Number of training images seen.
     grid_shape_ : tuple of int
@@ -164,7 +164,7 @@ class DFKDEDetector(BaseMemoryDetector):
         index = reservoir_indices(held, new.shape[1], n_seen, self.max_samples, seed)
         return combined[:, index], index
 
-    def _recalibrate(self, grids, before, memory_size):
+    def _recalibrate(self, grids, first_image):
         self._calibrate_on_samples()
 
     def _calibrate_merged(self, detectors):

@@ -65,11 +65,13 @@ def merge_detectors(detectors, *, random_state=None):
     - :class:`~sklearn_memad.DFKDEDetector`: every detector's samples are kept; with
       ``max_samples``, a seeded draw keeps that many, a uniform sample of all the images.
 
-    ``offset_`` comes from the detectors' own out-of-sample training scores (each image
-    scored by a memory that did not hold it), the most recent
-    ``sklearn_memad.defaults.CALIBRATION_SIZE`` of them. Each was scored by a smaller
-    memory than the merged one, which scores normal images a little better, so the merged
-    threshold errs towards flagging fewer images.
+    ``offset_`` comes from out-of-sample scores against the merged memory of a uniform
+    sample of all the images (at most ``sklearn_memad.defaults.CALIBRATION_IMAGES``),
+    drawn from the detectors' calibration samples, as after ``partial_fit``. PaDiM holds
+    them with its statistics, DFKDE in its memory, PatchCore when built by ``partial_fit``
+    or with ``keep_calibration=True``. Without them, ``offset_`` comes from the detectors'
+    own out-of-sample scores, each given by a smaller memory than the merged one, so the
+    merged threshold flags fewer new normal images than ``contamination`` says.
 
     Parameters
     ----------

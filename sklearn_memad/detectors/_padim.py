@@ -7,9 +7,8 @@ import torch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _deprecate_positional_args
 
-from ..defaults import CALIBRATION_IMAGES, CONTAMINATION, PADIM_REG, TOP_K
+from ..defaults import CONTAMINATION, PADIM_REG, TOP_K
 from ..utils.chunking import chunk_rows
-from ..utils.reservoir import reservoir_indices
 from ..utils.tensors import read_tensor
 from ._banded import BAND, LAYOUT, BandedProduct, pack_banded, unpack_banded
 from ._base import BaseMemoryDetector
@@ -62,9 +61,9 @@ class PaDiMDetector(BaseMemoryDetector):
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
         Leave-one-image-out :meth:`score_samples` of the training images; after
-        :meth:`partial_fit` or merging, the most recent out-of-sample scores (at most
-        ``sklearn_memad.defaults.CALIBRATION_SIZE``), each image scored by the memory
-        before its batch was added.
+        :meth:`partial_fit` or merging, those of a seeded reservoir of at most
+        ``sklearn_memad.defaults.CALIBRATION_IMAGES`` of them (a uniform sample of all),
+        each left out of the whole memory.
     n_samples_seen_ : int
         Number of training images accumulated.
     grid_shape_ : tuple of int
@@ -84,7 +83,8 @@ class PaDiMDetector(BaseMemoryDetector):
     ``offset_`` comes from leave-one-image-out distances of the training images, computed in
     closed form from the in-sample ones by the Sherman-Morrison formula (the held-out model
     uses the same divisor ``n - 1`` for its covariance), so calibration costs one scoring pass.
-    :meth:`partial_fit` scores each batch against the model before the batch is added.
+    After :meth:`partial_fit` or merging, the same closed form leaves out each image of a
+    reservoir of training images (see :meth:`partial_fit`).
 
     Examples
     --------
@@ -121,7 +121,7 @@ class PaDiMDetector(BaseMemoryDetector):
     # ----------------------------------------------------------------- fitting
     def _fit_memory(self, grids):
         self.__dict__.pop("_statistics", None)
-        self.__dict__.pop("_calibration_grids", None)
+        self._drop_calibration_set()
         if self.keep_statistics:
             self._start_memory(grids)
             return
@@ -152,44 +152,26 @@ class PaDiMDetector(BaseMemoryDetector):
         # sample of its images to calibrate on.
         self.grid_shape_ = tuple(grids.shape[1:3])
         self._statistics = _batch_statistics(grids)
-        self._calibration_grids = None
-        self._keep_for_calibration(grids, n_seen=0)
+        self._drop_calibration_set()
+        self._keep_for_calibration(grids, first_image=0)
         self._finalize()
 
-    def _keep_for_calibration(self, grids, n_seen):
-        """Add ``grids`` to the reservoir of images the model is calibrated on."""
-        held = self.__dict__.get("_calibration_grids")
-        combined = grids if held is None else np.concatenate([held, grids])
-        index = reservoir_indices(
-            0 if held is None else len(held), len(grids), n_seen, CALIBRATION_IMAGES, seed=0
-        )
-        self._calibration_grids = np.ascontiguousarray(combined[index])
-
-    def _recalibrate(self, grids, before, memory_size):
+    def _recalibrate(self, grids, first_image):
         # Every image of the reservoir is in the model: leaving each out is exact.
-        self._keep_for_calibration(grids, n_seen=memory_size)
+        self._keep_for_calibration(grids, first_image)
         self._calibrate(self._out_of_sample_patch_scores(self._calibration_grids))
 
     def _calibrate_merged(self, detectors):
-        reservoirs = [vars(detector).get("_calibration_grids") for detector in detectors]
-        if any(reservoir is None for reservoir in reservoirs):
+        if not self._merged_calibration_set(detectors):
             super()._calibrate_merged(detectors)
             return
-        # A uniform sample of all the images: each detector's in proportion to what it saw.
-        weight = np.concatenate(
-            [np.full(len(r), d.n_samples_seen_ / len(r)) for d, r in zip(detectors, reservoirs)]
-        )
-        rng = np.random.RandomState(0)
-        size = min(CALIBRATION_IMAGES, weight.size)
-        index = np.sort(rng.choice(weight.size, size, replace=False, p=weight / weight.sum()))
-        self._calibration_grids = np.ascontiguousarray(np.concatenate(reservoirs)[index])
         self._calibrate(self._out_of_sample_patch_scores(self._calibration_grids))
 
     def _grow_memory(self, grids):
         statistics = self.__dict__.get("_statistics")
         if statistics is None:  # fitted by fit without keep_statistics, or loaded without them
             statistics = self._statistics_from_model()
-            self._calibration_grids = None  # the reservoir restarts with the images to come
+            self._drop_calibration_set()  # the reservoir restarts with the images to come
         self._statistics = _combined(statistics, _batch_statistics(grids))
         self._finalize()
 
@@ -215,8 +197,8 @@ class PaDiMDetector(BaseMemoryDetector):
         # only when asked to (keep_statistics), to be merged or continued exactly.
         state = dict(super().__getstate__())
         if not self.keep_statistics:
-            state.pop("_statistics", None)
-            state.pop("_calibration_grids", None)
+            for name in ("_statistics", *self._calibration_set):
+                state.pop(name, None)
         return state
 
     def _statistics_from_model(self):

@@ -24,9 +24,17 @@ from ..neighbors import (
     reduce_coreset,
 )
 from ..utils.chunking import chunk_rows
-from ._base import BaseMemoryDetector
+from ..utils.reservoir import reservoir_indices
+from ._base import BaseMemoryDetector, image_offsets
 
 __all__ = ["PatchCoreDetector", "auto_coreset_ratio"]
+
+# Entries dropped by reductions, kept as candidate replacements when calibrating.
+_SPARE_SET = ("_spare_entries", "_spare_sources", "_spares_seen")
+# Replacements drawn from too few candidates cover an image's patches worse than a refit
+# would, so the threshold flags too few new normal images; this many per coreset entry
+# bring it close to what fit's whole bank gives.
+_SPARES_PER_ENTRY = 8
 
 
 def auto_coreset_ratio(n_patches):
@@ -87,6 +95,13 @@ class PatchCoreDetector(BaseMemoryDetector):
         Image anomaly score: the largest patch score (1) or the mean of the ``top_k`` largest.
     random_state : int, RandomState instance or None, default=None
         Seeds the projection, the first coreset entry and the approximate index.
+    keep_calibration : bool, default=False
+        Keep, after :meth:`fit` and in model files, what keeps ``offset_`` calibrated when
+        the memory grows (:meth:`partial_fit`) or merges: a seeded reservoir of up to
+        ``sklearn_memad.defaults.CALIBRATION_IMAGES`` training grids and a sample of the
+        entries that reductions dropped. A detector built by :meth:`partial_fit` holds them
+        in any case until it is pickled. Without them, a loaded model starts its reservoir
+        again from the images added after loading.
     verbose : bool, default=False
         Show a progress bar during coreset selection.
 
@@ -100,9 +115,9 @@ class PatchCoreDetector(BaseMemoryDetector):
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
         Leave-one-image-out :meth:`score_samples` of the training images; after
-        :meth:`partial_fit` or merging, the most recent out-of-sample scores (at most
-        ``sklearn_memad.defaults.CALIBRATION_SIZE``), each image scored by the memory
-        before its batch was added.
+        :meth:`partial_fit` or merging, those of a seeded reservoir of at most
+        ``sklearn_memad.defaults.CALIBRATION_IMAGES`` of them (a uniform sample of all),
+        each left out of the whole memory.
     grid_shape_ : tuple of int
         ``(h, w)`` of the training grids.
     memory_bytes_ : int
@@ -139,6 +154,11 @@ class PatchCoreDetector(BaseMemoryDetector):
     coreset drawn from one image only, there is no other image and those patches keep their
     in-sample score.)
 
+    After :meth:`partial_fit` or merging, the whole bank is gone: the same rule leaves out
+    each image of a reservoir of training images (see :meth:`partial_fit`), choosing its
+    replacements among the reservoir's patches and a sample of the entries that reductions
+    dropped.
+
     Examples
     --------
     >>> import numpy as np
@@ -155,9 +175,6 @@ class PatchCoreDetector(BaseMemoryDetector):
     """
 
     _models_positions = False
-    # A coreset of fixed size covers the same images about as well from a memory of three
-    # quarters of them as from all: scores of smaller memories are dropped.
-    _calibration_memory_share = 0.75
 
     _parameter_constraints: dict = {
         **BaseMemoryDetector._parameter_constraints,
@@ -166,6 +183,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         "search": [StrOptions({"exact", "approximate"})],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
+        "keep_calibration": ["boolean"],
         "verbose": ["verbose"],
     }
 
@@ -180,6 +198,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         contamination=CONTAMINATION,
         top_k=TOP_K,
         random_state=None,
+        keep_calibration=False,
         verbose=False,
     ):
         self.coreset_ratio = coreset_ratio
@@ -189,10 +208,13 @@ class PatchCoreDetector(BaseMemoryDetector):
         self.contamination = contamination
         self.top_k = top_k
         self.random_state = random_state
+        self.keep_calibration = keep_calibration
         self.verbose = verbose
 
     def _fit_memory(self, grids):
         n, h, w, d = grids.shape
+        for name in (*self._calibration_set, *_SPARE_SET):
+            self.__dict__.pop(name, None)
         rng = check_random_state(self.random_state)
         entries, sources, radii, selection = self._select(grids.reshape(-1, d), h * w, rng)
         self.coreset_ = entries
@@ -203,6 +225,13 @@ class PatchCoreDetector(BaseMemoryDetector):
         self.memory_bytes_ = int(self.coreset_.nbytes)
         # Kept only until calibration, which reads how the selection covered the bank.
         self._selection = selection
+        if self.keep_calibration:
+            self._keep_for_calibration(grids, first_image=0)
+
+    def _start_memory(self, grids):
+        self._fit_memory(grids)
+        if "_calibration_grids" not in self.__dict__:
+            self._keep_for_calibration(grids, first_image=0)
 
     def _target_size(self, n_patches):
         ratio = self.coreset_ratio
@@ -237,9 +266,20 @@ class PatchCoreDetector(BaseMemoryDetector):
             self.n_patches_seen_ + n * h * w,
         )
 
+    def _recalibrate(self, grids, first_image):
+        self._keep_for_calibration(grids, first_image)
+        self._calibrate_on_reservoir()
+
     def _merge_memories(self, detectors, random_state):
-        offsets = np.cumsum([0] + [detector.n_samples_seen_ for detector in detectors[:-1]])
+        offsets = image_offsets(detectors)
         rng = check_random_state(random_state)
+        spares = [vars(detector).get("_spare_entries") for detector in detectors]
+        if all(spare is not None for spare in spares):
+            self._spare_entries = np.concatenate(spares)
+            self._spare_sources = np.concatenate(
+                [d._spare_sources + offset for d, offset in zip(detectors, offsets)]
+            )
+            self._spares_seen = sum(detector._spares_seen for detector in detectors)
         self._reduce(
             [detector.coreset_ for detector in detectors],
             [detector.coreset_source_ + offset for detector, offset in zip(detectors, offsets)],
@@ -248,6 +288,12 @@ class PatchCoreDetector(BaseMemoryDetector):
         )
         self.grid_shape_ = detectors[0].grid_shape_
         self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+
+    def _calibrate_merged(self, detectors):
+        if not self._merged_calibration_set(detectors):
+            super()._calibrate_merged(detectors)
+            return
+        self._calibrate_on_reservoir()
 
     def _reduce(self, entries, sources, radii, n_patches):
         """Keep the union of coresets, thinned to the target size of ``n_patches`` patches."""
@@ -262,12 +308,34 @@ class PatchCoreDetector(BaseMemoryDetector):
         # The radii were measured in the selection's projection: the same seed gives it.
         projection = check_random_state(self.random_state)
         points = project_for_coreset(entries, self.projection_dim, projection)
-        kept, radii = reduce_coreset(points, radii, self._target_size(n_patches))
+        size = self._target_size(n_patches)
+        kept, radii = reduce_coreset(points, radii, size)
+        dropped = np.ones(entries.shape[0], dtype=bool)
+        dropped[kept] = False
+        self._keep_spares(entries[dropped], sources[dropped], capacity=_SPARES_PER_ENTRY * size)
         self.coreset_ = np.ascontiguousarray(entries[kept])
         self.coreset_source_ = sources[kept]
         self.cover_radius_ = radii
         self.n_patches_seen_ = int(n_patches)
         self.memory_bytes_ = int(self.coreset_.nbytes)
+
+    def _keep_spares(self, entries, sources, capacity):
+        """Add entries a reduction dropped to a seeded reservoir of them: the candidates
+        that calibration draws an image's replacement entries from."""
+        held = self.__dict__.get("_spare_entries")
+        n_held = 0 if held is None else held.shape[0]
+        seen = self.__dict__.get("_spares_seen", n_held)
+        if held is not None:
+            entries = np.concatenate([held, entries])
+            sources = np.concatenate([self._spare_sources, sources])
+        index = reservoir_indices(n_held, entries.shape[0] - n_held, seen, capacity, 0)
+        self._spare_entries = np.ascontiguousarray(entries[index])
+        self._spare_sources = sources[index].astype(np.int32)
+        self._spares_seen = int(seen + entries.shape[0] - n_held)
+
+    def _calibrate_on_reservoir(self):
+        grids, ids = self._calibration_grids, self._calibration_ids
+        self._calibrate(self._out_of_sample_patch_scores(grids, ids))
 
     @property
     def _searcher(self):
@@ -279,10 +347,15 @@ class PatchCoreDetector(BaseMemoryDetector):
         return searcher
 
     def __getstate__(self):
+        # The calibration sample is many times the coreset's size: a model file holds it only
+        # when asked to (keep_calibration), to stay calibrated as it grows or merges.
         # The search holds the coreset's norms and, when approximate, a graph: both are
         # rebuilt from coreset_ rather than stored twice in a model file.
         state = dict(super().__getstate__())
         state.pop("_search_cache", None)
+        if not self.keep_calibration:
+            for name in (*self._calibration_set, *_SPARE_SET):
+                state.pop(name, None)
         return state
 
     def _score_patches(self, grids):
@@ -297,11 +370,13 @@ class PatchCoreDetector(BaseMemoryDetector):
             scores[start : start + step] = distances.mean(axis=1, dtype=np.float64)
         return scores.reshape(n, h, w)
 
-    def _out_of_sample_patch_scores(self, grids):
+    def _out_of_sample_patch_scores(self, grids, image_ids=None):
         n, h, w, d = grids.shape
         k = min(self.n_neighbors, self.coreset_.shape[0])
         queries = grids.reshape(-1, d)
-        source = np.repeat(np.arange(n, dtype=self.coreset_source_.dtype), h * w)
+        if image_ids is None:
+            image_ids = np.arange(n)
+        source = np.repeat(np.asarray(image_ids).astype(self.coreset_source_.dtype), h * w)
         neighbours = np.empty((queries.shape[0], k), dtype=np.float32)
         step = chunk_rows(d * 4 + k * 12)
         for start in range(0, queries.shape[0], step):
@@ -309,9 +384,9 @@ class PatchCoreDetector(BaseMemoryDetector):
             neighbours[start:stop], _ = self._searcher.kneighbors(
                 queries[start:stop], k, exclude=(source[start:stop], self.coreset_source_)
             )
-        selection = self.__dict__.pop("_selection", None)
-        if selection is not None:
-            neighbours = self._add_replacements(queries, source, neighbours, *selection)
+        replacements = self._replacement_candidates(queries, source)
+        if replacements is not None:
+            neighbours = self._add_replacements(queries, source, neighbours, *replacements)
         held_out = np.isfinite(neighbours)
         counts = held_out.sum(axis=1)
         scores = np.where(held_out, neighbours, 0.0).sum(axis=1, dtype=np.float64)
@@ -322,7 +397,42 @@ class PatchCoreDetector(BaseMemoryDetector):
             scores[alone] = in_sample.mean(axis=1)
         return scores.reshape(n, h, w)
 
-    def _add_replacements(self, queries, source, neighbours, points, selected, owner):
+    def _replacement_candidates(self, queries, source):
+        """Patches of other images that could replace an image's entries, as
+        ``(pool, pool_points, pool_source, entry_points, owner)``: ``pool_points`` are the
+        pool in the selection's space, ``owner`` the entry nearest each there.
+
+        After ``fit`` the pool is the whole bank, covered as the selection found it. After
+        growing or merging, it is the calibration images' own patches and the entries the
+        reductions dropped (a sample of the training patches that once led a coreset).
+        """
+        selection = self.__dict__.pop("_selection", None)
+        if selection is not None:
+            points, selected, owner = selection
+            return queries, points, source, points[selected], owner
+        spares = self.__dict__.get("_spare_entries")
+        pool, pool_source = queries, source
+        if spares is not None:
+            pool = np.concatenate([queries, spares])
+            pool_source = np.concatenate([source, self._spare_sources.astype(source.dtype)])
+        both = project_for_coreset(
+            np.concatenate([pool, self.coreset_]),
+            self.projection_dim,
+            check_random_state(self.random_state),
+        )
+        pool_points, entry_points = both[: pool.shape[0]], both[pool.shape[0] :]
+        owner = np.empty(pool.shape[0], dtype=np.intp)
+        entries = NearestNeighborSearch(entry_points)
+        step = chunk_rows(entry_points.shape[1] * 4 + 16)
+        for start in range(0, pool.shape[0], step):
+            owner[start : start + step] = entries.kneighbors(pool_points[start : start + step], 1)[
+                1
+            ][:, 0]
+        return pool, pool_points, pool_source, entry_points, owner
+
+    def _add_replacements(
+        self, queries, source, neighbours, pool, points, pool_source, entry_points, owner
+    ):
         """Merge into each image's held-out neighbours the entries that a coreset of the same
         size, built without that image, would hold in place of the image's own.
 
@@ -335,12 +445,15 @@ class PatchCoreDetector(BaseMemoryDetector):
         """
         entry_source = self.coreset_source_
         covering_image = entry_source[owner]
-        orphans = np.flatnonzero(covering_image != source)
+        images_here = np.unique(source)
+        orphans = np.flatnonzero(
+            (covering_image != pool_source) & np.isin(covering_image, images_here)
+        )
         if orphans.size == 0:
             return neighbours
-        # Distance (in the selection's projected space) of each orphan to the nearest entry
-        # of another image than the one whose entry covers it.
-        entries = NearestNeighborSearch(points[selected])
+        # Distance (in the selection's space) of each orphan to the nearest entry of another
+        # image than the one whose entry covers it.
+        entries = NearestNeighborSearch(entry_points)
         gap = np.empty(orphans.size, dtype=np.float32)
         step = chunk_rows(points.shape[1] * 4 + 16)
         for start in range(0, orphans.size, step):
@@ -354,13 +467,14 @@ class PatchCoreDetector(BaseMemoryDetector):
         images, starts = np.unique(held_image, return_index=True)
         stops = np.append(starts[1:], held_image.size)
         n_entries = np.bincount(entry_source, minlength=int(images[-1]) + 1)
-        per_image = queries.shape[0] // (int(source[-1]) + 1)
+        per_image = queries.shape[0] // images_here.size
+        first_row = dict(zip(source[::per_image].tolist(), range(0, source.size, per_image)))
         k = neighbours.shape[1]
         for image, start, stop in zip(images, starts, stops):
             group = orphans[start:stop]
             added = group[_farthest_first(points[group], gap[start:stop], n_entries[image])]
-            own = slice(image * per_image, (image + 1) * per_image)
-            extra = torch.cdist(torch.from_numpy(queries[own]), torch.from_numpy(queries[added]))
+            own = slice(first_row[int(image)], first_row[int(image)] + per_image)
+            extra = torch.cdist(torch.from_numpy(queries[own]), torch.from_numpy(pool[added]))
             merged = np.concatenate([neighbours[own], extra.numpy()], axis=1)
             neighbours[own] = np.sort(np.partition(merged, k - 1, axis=1)[:, :k], axis=1)
         return neighbours

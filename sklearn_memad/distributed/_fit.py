@@ -24,6 +24,10 @@ from ._common import (
 __all__ = ["fit", "fit_categories"]
 
 
+# Detector settings that keep what merging needs: PaDiM's statistics, the calibration samples.
+_KEEP_FOR_MERGING = ("keep_statistics", "keep_calibration")
+
+
 # --------------------------------------------------------------------------- fitting
 def _partitions(n, k):
     """``(start, stop)`` of ``k`` contiguous, near-equal, non-empty slices of ``n`` items."""
@@ -174,8 +178,8 @@ def fit(
     paths = list(paths)
     head, size = _fit_head(pipeline, paths, image_size(pipeline))
     shard = clone(detector)
-    if "keep_statistics" in shard.get_params():
-        shard.set_params(keep_statistics=True)  # PaDiM's statistics travel back to be merged
+    # What merging needs travels back with each partition's detector.
+    shard.set_params(**{name: True for name in _KEEP_FOR_MERGING if name in shard.get_params()})
     parts = _partitions(len(paths), n_partitions or _n_threads(client))
     remote_head = client.scatter(head, broadcast=True) if head is not None else None
     futures = [
@@ -193,8 +197,8 @@ def fit(
     if random_state is None:
         random_state = detector.get_params().get("random_state")
     merged = _merge(results, shard, random_state)
-    if "keep_statistics" in merged.get_params():
-        merged.set_params(keep_statistics=detector.keep_statistics)
+    params = detector.get_params()
+    merged.set_params(**{name: params[name] for name in _KEEP_FOR_MERGING if name in params})
     pipeline.steps[-1] = (pipeline.steps[-1][0], merged)
     return report(skipped, return_skipped, pipeline)
 
