@@ -11,12 +11,14 @@ calibrated ``offset_`` and the outlier API.
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..defaults import CALIBRATION_IMAGES, CALIBRATION_SIZE
 from ..utils.reservoir import reservoir_indices
+from ..utils.tensors import read_tensor
 from ..utils.validation import check_grid_shape, check_grids, restore_on_error
 
 __all__ = ["BaseMemoryDetector", "image_offsets", "image_scores_from_patches"]
@@ -137,6 +139,8 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         self : object
             Updated detector.
         """
+        # scikit-learn's _fit_context validates parameters only before the first call.
+        self._validate_params()
         with restore_on_error(self):
             if not hasattr(self, "offset_"):
                 grids = self._validated_training_grids(X, y)
@@ -206,6 +210,7 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     def _validated_batch(self, X, y):
         """Grids of a further batch, checked against the fitted memory; -1 samples dropped."""
         grids, _ = check_grids(self, X, reset=False)
+        _check_feature_scale(grids)
         if self._models_positions:
             check_grid_shape(self, grids, self.grid_shape_)
         grids = _normal_only(grids, y)
@@ -213,6 +218,7 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
 
     def _validated_training_grids(self, X, y):
         grids, _ = check_grids(self, X, reset=True)
+        _check_feature_scale(grids)
         grids = _normal_only(grids, y)
         if grids.shape[0] < self._min_images:
             raise ValueError(
@@ -222,6 +228,19 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             )
         self.grid_shape_ = tuple(grids.shape[1:3])
         return grids
+
+    def _validate_params(self):
+        super()._validate_params()
+        # scikit-learn's Interval(Integral, ...) lets a bool through as 0 or 1.
+        for name, constraints in self._parameter_constraints.items():
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) and not {"boolean", "verbose"} & {
+                c for c in constraints if isinstance(c, str)
+            }:
+                raise TypeError(
+                    f"The {name!r} parameter of {type(self).__name__} must not be a bool; "
+                    f"got {value!r}."
+                )
 
     def _calibrate(self, out_of_sample_patch_scores):
         """Set ``train_scores_`` and ``offset_`` from out-of-sample scores of the training set."""
@@ -237,7 +256,9 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     # ----------------------------------------------------------------- scoring
     def _validated_grids(self, X):
         check_is_fitted(self)
+        self._validate_params()  # set_params may have changed them since fit
         grids, _ = check_grids(self, X, reset=False)
+        _check_feature_scale(grids)
         if self._models_positions:
             check_grid_shape(self, grids, self.grid_shape_)
         return grids
@@ -343,6 +364,24 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = False
         return tags
+
+
+# Distances are squared and summed in float32: features beyond this magnitude overflow them.
+_LARGEST_FEATURE = 1e15
+
+
+def _check_feature_scale(grids):
+    if grids.size == 0:
+        return
+    with torch.inference_mode():
+        low, high = torch.aminmax(read_tensor(grids))
+    largest = max(-float(low), float(high))
+    if largest > _LARGEST_FEATURE:
+        raise ValueError(
+            f"X has a feature of magnitude {largest:.3g}; the detectors square distances in "
+            f"float32, which overflow beyond about {_LARGEST_FEATURE:.0e}. Scale the features "
+            "down (standardise them, for example)."
+        )
 
 
 def _normal_only(grids, y):

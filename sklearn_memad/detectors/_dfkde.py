@@ -34,7 +34,7 @@ class DFKDEDetector(BaseMemoryDetector):
     bandwidth : {"scott", "silverman"} or float, default="scott"
         Kernel standard deviation in units of each feature's training standard deviation
         (``scipy.stats.gaussian_kde``'s convention): Scott's factor ``n ** (-1 / (d + 4))``,
-        Silverman's ``(n * (d + 2) / 4) ** (-1 / (d + 4))``, or a positive number.
+        Silverman's ``(n * (d + 2) / 4) ** (-1 / (d + 4))``, or a number in [1e-4, 1e4].
     contamination : "auto" or float in (0, 0.5], default="auto"
         Expected fraction of anomalies among new normal-looking images; sets ``offset_`` from
         the out-of-sample scores of the training images. "auto" places the threshold at
@@ -104,7 +104,9 @@ class DFKDEDetector(BaseMemoryDetector):
         **BaseMemoryDetector._parameter_constraints,
         "bandwidth": [
             StrOptions({"scott", "silverman"}),
-            Interval(Real, 0, None, closed="neither"),
+            # In units of the features' spread: beyond these, every kernel but the nearest
+            # vanishes or all are alike, and the densities under- or overflow.
+            Interval(Real, 1e-4, 1e4, closed="both"),
         ],
         "max_samples": [Interval(Integral, 2, None, closed="left"), None],
         "random_state": ["random_state"],

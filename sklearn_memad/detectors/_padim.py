@@ -144,7 +144,13 @@ class PaDiMDetector(BaseMemoryDetector):
                 block = read_tensor(flat[:, start:stop]).transpose(0, 1)
                 centred = block - torch.from_numpy(mean[start:stop])[:, None, :]
                 scatter = torch.bmm(centred.transpose(1, 2), centred).double()
-                whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
+                try:
+                    whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
+                except ValueError:
+                    # Features far apart lose the float32 sum's precision: sum in float64.
+                    centred = centred.double()
+                    scatter = torch.bmm(centred.transpose(1, 2), centred)
+                    whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
         self._set_model(mean, whitening)
 
     def _start_memory(self, grids):
@@ -237,7 +243,14 @@ class PaDiMDetector(BaseMemoryDetector):
         # The factorisation needs float64 (C's condition number); the outermost corner, kept
         # in float32 like the rest of W, is multiplied in float32: distances as accurate as
         # with a float64 corner.
-        factor = inverse_cholesky(cov, corner_dtype=torch.float32)
+        try:
+            factor = inverse_cholesky(cov, corner_dtype=torch.float32)
+        except torch.linalg.LinAlgError:
+            raise ValueError(
+                f"X gives a covariance that is not positive definite even with reg={self.reg:g}"
+                " added: its features are too far apart for PaDiM's float arithmetic. "
+                "Standardise them, or raise reg."
+            ) from None
         return pack_banded(factor.float()).numpy()
 
     def _check_whitening_layout(self):

@@ -175,6 +175,8 @@ class PatchCoreDetector(BaseMemoryDetector):
     """
 
     _models_positions = False
+    # One image cannot be left out of a memory of its own patches to calibrate.
+    _min_images = 2
 
     _parameter_constraints: dict = {
         **BaseMemoryDetector._parameter_constraints,
