@@ -110,7 +110,7 @@ def _run_cluster(args):
         start = time.perf_counter()
         result = distributed.score_samples(pipe, test, client=client, chunk_size=args.chunk_size)
         score_s = time.perf_counter() - start
-        single, _ = load_model(args.model)
+        single = load_model(args.model)
         same_model = distributed.score_samples(
             single, test, client=client, chunk_size=args.chunk_size
         )
@@ -169,7 +169,7 @@ def main(argv=None):
         return
     _, _, labels = _files(args.data)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    model = str(HERE / "results" / "tmp" / f"dask_mtd_{args.method}.joblib")
+    model = str(HERE / "results" / "tmp" / f"dask_mtd_{args.method}.safetensors")
     Path(model).parent.mkdir(parents=True, exist_ok=True)
     single = _subprocess(args, "single", model)
     cluster = _subprocess(args, "cluster", model)

@@ -55,7 +55,7 @@ def run(root, method, image_size, out):
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = out / f"{method}.joblib"
+    model = out / f"{method}.safetensors"
     save_model(pipe, model, train=os.fspath(root))
     print(f"saved {model}; apply it to new images with: memad score --model {model} IMAGES")
 

@@ -19,7 +19,7 @@ from sklearn_memad.datasets import ImageFolderError
 from sklearn_memad.metrics import image_auroc
 from sklearn_memad.model_selection import NormalOnlyKFold
 from sklearn_memad.neighbors import project_for_coreset
-from sklearn_memad.persistence import load_model, save_model
+from sklearn_memad.persistence import load_model, read_model_info, save_model
 from sklearn_memad.pipelines import make_detector_pipeline
 
 distributed = pytest.importorskip("distributed")
@@ -135,8 +135,8 @@ def test_padim_fit_on_the_cluster_equals_one_fit(client, data, padim, tmp_path):
     assert max(builds) == 1 and len(builds) == 2
     # An ordinary fitted pipeline: saved without the statistics, loaded, scored.
     assert "_statistics" not in pickle.loads(pickle.dumps(detector)).__dict__
-    save_model(fitted, tmp_path / "model.joblib")
-    loaded, _ = load_model(tmp_path / "model.joblib")
+    save_model(fitted, tmp_path / "model.safetensors")
+    loaded = load_model(tmp_path / "model.safetensors")
     np.testing.assert_array_equal(
         loaded.score_samples(data["test"]), fitted.score_samples(data["test"])
     )
@@ -265,10 +265,10 @@ def test_the_command_line_runs_on_the_cluster(client, data, tmp_path):
     fast = ["--backbone", "resnet18", "--weights", "none", "--image-size", str(SIZE), "-q"]
     train = ["fit", "--train", str(data["root"] / "train"), "--method", "padim"]
     train += ["--n-components", "8", "--chunk-size", "8"] + fast
-    here, there = tmp_path / "here.joblib", tmp_path / "there.joblib"
+    here, there = tmp_path / "here.safetensors", tmp_path / "there.safetensors"
     assert cli.main(train + ["--out", str(here)]) == 0
     assert cli.main(train + ["--out", str(there)] + address) == 0
-    assert load_model(there)[1]["n_train"] == load_model(here)[1]["n_train"] == 40
+    assert read_model_info(there)["n_train"] == read_model_info(here)["n_train"] == 40
     test = str(data["root"] / "test")
     score = ["score", "-q", "--model"]
     assert cli.main(score + [str(here), test, "--out", str(tmp_path / "a")]) == 0

@@ -62,5 +62,5 @@ def test_your_own_folder(tmp_path, given_folder):
         args = [str(root), "--image-size", "48", "--method", "padim"] + args
     out = _run("your_own_folder.py", *args, cwd=tmp_path, small=not given_folder)
     assert "saved" in out and "overlay PNGs" in out
-    assert list((tmp_path / "out").glob("*.joblib"))
+    assert list((tmp_path / "out").glob("*.safetensors"))
     assert len(list((tmp_path / "out").glob("*.png"))) >= 5
