@@ -19,7 +19,27 @@ from .utils.chunking import chunk_rows
 from .utils.pipeline import decision_threshold, model_parts
 from .utils.scores import percentiles, reference_scores
 
-__all__ = ["anomaly_map_range", "anomaly_maps", "patch_to_pixel_maps", "predict_anomaly_maps"]
+__all__ = [
+    "MAX_SIGMA",
+    "anomaly_map_range",
+    "anomaly_maps",
+    "patch_to_pixel_maps",
+    "predict_anomaly_maps",
+]
+
+#: Largest map smoothing (pixels). Building the smoothing operator costs memory in proportion
+#: to the map's side times the kernel's width, and a wider kernel flattens any map anyway.
+MAX_SIGMA = 1000.0
+
+
+def check_sigma(sigma, name="sigma"):
+    """Return ``sigma`` as a float, or raise a ValueError naming it and the valid range."""
+    if isinstance(sigma, bool) or not isinstance(sigma, Real) or not 0 <= sigma <= MAX_SIGMA:
+        raise ValueError(
+            f"{name} must be a number of pixels in [0, {MAX_SIGMA:g}] (0: no smoothing); "
+            f"got {sigma!r}."
+        )
+    return float(sigma)
 
 
 def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
@@ -36,13 +56,14 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
         Patch anomaly scores.
     output_size : tuple of int
         ``(H, W)`` of the pixel maps.
-    sigma : float, default=4.0
+    sigma : float in [0, 1000], default=4.0
         Standard deviation (pixels) of the Gaussian smoothing; 0 disables it.
 
     Returns
     -------
     maps : ndarray of shape (n, H, W), float32
     """
+    sigma = check_sigma(sigma)
     patch_maps = np.ascontiguousarray(patch_maps, dtype=np.float32)
     n, h, w = patch_maps.shape
     height, width = (int(v) for v in output_size)
@@ -94,7 +115,7 @@ def _upsample_and_smooth(size, out_size, sigma):
     {
         "estimator": [HasMethods(["fit"])],
         "X": ["array-like"],
-        "sigma": [Interval(Real, 0, None, closed="left")],
+        "sigma": [Interval(Real, 0, MAX_SIGMA, closed="both")],
         "output_size": [tuple, list, None],
     },
     prefer_skip_nested_validation=True,
@@ -111,7 +132,7 @@ def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
         A fitted ``Pipeline`` ending in a sklearn_memad detector, or the detector itself.
     X : array-like of shape (n, H, W, 3), (n, H, W) or (n, h, w, d)
         Images for a pipeline, grids for a bare detector.
-    sigma : float, default=4.0
+    sigma : float in [0, 1000], default=4.0
         Gaussian smoothing (pixels of the output) after bilinear upsampling; 0 disables it.
     output_size : tuple of int, default=None
         ``(H, W)`` of the maps; default: the size of the images ``X``.
@@ -192,7 +213,7 @@ def predict_anomaly_maps(estimator, X, *, sigma=4.0):
         wrapping such a pipeline.
     X : array-like of shape (n, H, W, 3) or (n, H, W)
         Images.
-    sigma : float, default=4.0
+    sigma : float in [0, 1000], default=4.0
         Gaussian smoothing of the maps (pixels).
 
     Returns
@@ -225,6 +246,7 @@ def predict_anomaly_maps(estimator, X, *, sigma=4.0):
     >>> bool(np.allclose(result.decision, pipe.decision_function(images[10:])))
     True
     """
+    sigma = check_sigma(sigma)  # before the backbone runs
     _, head, detector, _ = model_parts(estimator)
     images = np.asarray(X)
     grids = head.transform(images) if head is not None else images

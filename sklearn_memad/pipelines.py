@@ -26,8 +26,15 @@ from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector, auto_cor
 from .features import FeatureTransformer
 from .transformers import LocalAggregation, RandomProjection
 from .utils.deprecation import moved_names
+from .utils.pipeline import restore_steps_on_error
 
-__all__ = ["METHODS", "auto_coreset_ratio", "make_detector_pipeline", "partial_fit"]
+__all__ = [
+    "METHODS",
+    "DetectorPipeline",
+    "auto_coreset_ratio",
+    "make_detector_pipeline",
+    "partial_fit",
+]
 
 #: The detectors of the standard pipelines.
 METHODS = ("patchcore", "padim", "dfkde")
@@ -39,6 +46,89 @@ __getattr__ = moved_names(
         for name in ("MODEL_FORMAT", "ModelFileError", "load_model", "save_model")
     },
 )
+
+
+class DetectorPipeline(Pipeline):
+    """A :class:`~sklearn.pipeline.Pipeline` whose failed fit leaves it exactly as it was.
+
+    ``Pipeline.fit`` fits the steps in turn, so when the detector at the end refuses the data
+    (too few images, labels of the wrong length...), the feature and projection steps before
+    it have already been refitted, with new random weights, channels or projections when
+    ``random_state=None``, and no longer match the detector's memory. This pipeline puts
+    every step back when ``fit`` or ``fit_predict`` raises. It is what
+    :func:`make_detector_pipeline` returns; its parameters are ``Pipeline``'s.
+
+    Parameters
+    ----------
+    steps : list of (str, estimator) tuples
+        As in :class:`~sklearn.pipeline.Pipeline`.
+    transform_input : list of str, default=None
+        As in :class:`~sklearn.pipeline.Pipeline`.
+    memory : str or object with the joblib.Memory interface, default=None
+        As in :class:`~sklearn.pipeline.Pipeline`.
+    verbose : bool, default=False
+        As in :class:`~sklearn.pipeline.Pipeline`.
+
+    See Also
+    --------
+    make_detector_pipeline : The standard pipelines, built as this class.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad.pipelines import make_detector_pipeline
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    >>> pipe = make_detector_pipeline("padim", backbone="resnet18", weights=None,
+    ...                               image_size=32, n_components=4, random_state=None)
+    >>> seed = pipe.fit(images)[0].init_seed_
+    >>> try:
+    ...     pipe.fit(images[:1])  # PaDiM needs two images
+    ... except ValueError:
+    ...     pass
+    >>> pipe[0].init_seed_ == seed
+    True
+    """
+
+    def fit(self, X, y=None, **params):
+        """Fit the steps as ``Pipeline.fit`` does; on failure, restore every step.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W, 3) or (n, H, W)
+            Defect-free images.
+        y : array-like of shape (n,), default=None
+            Optional labels, passed to the steps.
+        **params : dict
+            Passed as in ``Pipeline.fit``.
+
+        Returns
+        -------
+        self : DetectorPipeline
+            This pipeline, fitted.
+        """
+        with restore_steps_on_error(self):
+            return super().fit(X, y, **params)
+
+    def fit_predict(self, X, y=None, **params):
+        """``Pipeline.fit_predict``; on failure, restore every step.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W, 3) or (n, H, W)
+            Defect-free images.
+        y : array-like of shape (n,), default=None
+            Optional labels, passed to the steps.
+        **params : dict
+            Passed as in ``Pipeline.fit_predict``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n,)
+            +1 normal, -1 anomaly, as the detector's ``fit_predict`` gives them.
+        """
+        with restore_steps_on_error(self):
+            return super().fit_predict(X, y, **params)
 
 
 @validate_params(
@@ -111,8 +201,10 @@ def make_detector_pipeline(
 
     Returns
     -------
-    pipeline : sklearn.pipeline.Pipeline
-        Unfitted; ``fit`` it on defect-free images ``(n, H, W, 3)``.
+    pipeline : DetectorPipeline
+        A :class:`~sklearn.pipeline.Pipeline`, unfitted; ``fit`` it on defect-free images
+        ``(n, H, W, 3)``. A fit that fails leaves it as it was (see
+        :class:`DetectorPipeline`).
 
     Examples
     --------
@@ -161,7 +253,9 @@ def make_detector_pipeline(
         )
         detector = DFKDEDetector(contamination=contamination)
     steps = [features, middle, detector]
-    return Pipeline([(type(step).__name__.lower(), step) for step in steps if step is not None])
+    return DetectorPipeline(
+        [(type(step).__name__.lower(), step) for step in steps if step is not None]
+    )
 
 
 def partial_fit(pipeline, X, y=None):
@@ -176,7 +270,8 @@ def partial_fit(pipeline, X, y=None):
     Parameters
     ----------
     pipeline : sklearn.pipeline.Pipeline
-        Ending in a sklearn_memad detector; fitted or not.
+        Ending in a sklearn_memad detector; fitted or not. When the batch is refused, every
+        step is left as it was.
     X : array-like of shape (n, H, W, 3) or (n, H, W)
         A batch of defect-free images.
     y : array-like of shape (n,), default=None
@@ -207,11 +302,14 @@ def partial_fit(pipeline, X, y=None):
         )
     detector = pipeline.steps[-1][1]
     head = pipeline[:-1] if len(pipeline.steps) > 1 else None
-    if head is None:
-        grids = X
-    elif hasattr(detector, "offset_"):
-        grids = head.transform(X)
-    else:
-        grids = head.fit_transform(X)
-    detector.partial_fit(grids, y)
+    # A first batch fits the transformers too: a detector that refuses it must not leave
+    # them refitted.
+    with restore_steps_on_error(pipeline):
+        if head is None:
+            grids = X
+        elif hasattr(detector, "offset_"):
+            grids = head.transform(X)
+        else:
+            grids = head.fit_transform(X)
+        detector.partial_fit(grids, y)
     return pipeline

@@ -1,6 +1,7 @@
 """Bad input raises a clear error naming the argument, and never changes a fitted model."""
 
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -181,3 +182,144 @@ def test_finiteness_check_follows_scikit_learns_assume_finite():
     with config_context(assume_finite=True):
         grids, _ = check_grids(LocalAggregation(), X, reset=True)
     assert np.isnan(grids).any()
+
+
+# --------------------------------------------------------------------------- images
+@pytest.fixture(scope="module")
+def image_pipes():
+    """The three standard pipelines with random_state=None, fitted on tiny images."""
+    from sklearn_memad.pipelines import make_detector_pipeline
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    pipes = {}
+    for method in ("patchcore", "padim", "dfkde"):
+        pipe = make_detector_pipeline(
+            method,
+            backbone="resnet18",
+            weights=None,
+            image_size=32,
+            n_components=None if method == "patchcore" else 4,
+            random_state=None,
+        )
+        pipes[method] = pipe.fit(images)
+    return pipes, images
+
+
+def _pipe_state(pipe):
+    return pickle.dumps(pipe)
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim", "dfkde"])
+@pytest.mark.parametrize("how", ["fit", "fit_predict", "partial_fit"])
+def test_failed_refit_leaves_a_standard_pipeline_unchanged(image_pipes, method, how):
+    """random_state=None: a refit that the detector refuses must not leave the feature and
+    projection steps refitted with new random weights, channels or projections."""
+    from sklearn_memad.pipelines import partial_fit
+
+    pipes, images = image_pipes
+    pipe = pipes[method]
+    before, labels = _pipe_state(pipe), pipe.predict(images)
+    call = partial(partial_fit, pipe) if how == "partial_fit" else getattr(pipe, how)
+    with pytest.raises(ValueError, match=r"y must have shape \(6,\)"):
+        call(images, np.ones(2))
+    assert _pipe_state(pipe) == before
+    np.testing.assert_array_equal(pipe.predict(images), labels)
+
+
+def test_failed_first_partial_fit_leaves_the_steps_unfitted(image_pipes):
+    from sklearn_memad.pipelines import partial_fit
+
+    pipes, images = image_pipes
+    fresh = clone(pipes["dfkde"])
+    with pytest.raises(ValueError, match="y must have shape"):
+        partial_fit(fresh, images, np.ones(2))
+    assert not hasattr(fresh[0], "init_seed_") and not hasattr(fresh[1], "projection_")
+
+
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        (np.zeros((32, 32, 3), np.uint8), ValueError, r"without the batch axis.*X\[np.newaxis\]"),
+        (np.zeros((2, 32, 32, 3), np.complex64), TypeError, "complex dtype complex64"),
+        (np.full((2, 32, 32, 3), 42.0), ValueError, r"values in \[42, 42\]"),
+        (
+            [np.zeros((32, 32, 3), np.uint8), np.zeros((32, 30, 3), np.uint8)],
+            ValueError,
+            r"X\[0\] has shape \(32, 32, 3\) but X\[1\] has shape \(32, 30, 3\)",
+        ),
+        (np.zeros((2, 32, 32, 3), "datetime64[s]"), TypeError, "numeric image array"),
+    ],
+    ids=["one-image", "complex", "float-42", "ragged", "datetime"],
+)
+def test_bad_images_are_refused_by_a_pipeline(image_pipes, X, error, match):
+    pipes, _ = image_pipes
+    pipe = pipes["patchcore"]
+    before = _pipe_state(pipe)
+    for method in (pipe.score_samples, pipe.predict, pipe[0].transform):
+        with pytest.raises(error, match=match):
+            method(X)
+    assert _pipe_state(pipe) == before
+
+
+def test_float_image_message_reports_the_whole_range(image_pipes):
+    pipes, _ = image_pipes
+    X = np.zeros((3, 32, 32, 3))
+    X[0, 0, 0, 0], X[2, 5, 5, 1] = 42.0, 255.0
+    with pytest.raises(ValueError, match=r"values in \[0, 255\]; expected float images"):
+        pipes["padim"].score_samples(X)
+
+
+def test_one_image_with_its_batch_axis_is_scored(image_pipes):
+    pipes, images = image_pipes
+    assert pipes["padim"].score_samples(images[0][np.newaxis]).shape == (1,)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5])
+def test_batch_size_changed_after_fit_is_checked(image_pipes, value):
+    pipes, images = image_pipes
+    pipe = clone(pipes["patchcore"]).fit(images)
+    pipe.set_params(featuretransformer__batch_size=value)
+    with pytest.raises(ValueError, match="'batch_size' parameter of FeatureTransformer"):
+        pipe.score_samples(images)
+
+
+def test_aggregation_size_changed_after_fit_is_checked():
+    est = LocalAggregation().fit(_grids())
+    for value, match in ((0, "'size' parameter"), (2, "odd integer")):
+        est.set_params(size=value)
+        with pytest.raises(ValueError, match=match):
+            est.transform(_grids())
+
+
+@pytest.mark.parametrize("sigma", [np.nan, np.inf, -1.0, 1e5, "4"])
+def test_map_smoothing_is_checked_before_any_work(image_pipes, sigma):
+    from sklearn_memad.maps import patch_to_pixel_maps, predict_anomaly_maps
+
+    pipes, images = image_pipes
+    with pytest.raises(ValueError, match=r"sigma must be a number of pixels in \[0, 1000\]"):
+        predict_anomaly_maps(pipes["padim"], images, sigma=sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        patch_to_pixel_maps(np.zeros((1, 4, 4)), (8, 8), sigma=sigma)
+    with pytest.raises(ValueError, match="'sigma' parameter"):
+        anomaly_maps(pipes["padim"], images, sigma=sigma)
+
+
+def test_transformers_on_huge_finite_features():
+    """The neighbourhood mean of huge values is representable; their projection may not be."""
+    X = _grids()
+    X[0] = 3e38
+    np.testing.assert_allclose(LocalAggregation().fit_transform(X)[0], 3e38, rtol=1e-6)
+    projection = RandomProjection(n_components=3, random_state=0)
+    before = _state(projection.fit(_grids()))
+    with pytest.raises(ValueError, match="X holds values so large"):
+        projection.transform(X)
+    with pytest.raises(ValueError, match="X holds values so large"):
+        projection.fit_transform(X)
+    assert _state(projection) == before
+
+
+def test_complex_grids_and_bool_parameters_are_refused_by_name():
+    with pytest.raises(ValueError, match="Complex data not supported: X has dtype complex128"):
+        LocalAggregation().fit(_grids().astype(complex))
+    with pytest.raises(TypeError, match="n_components must be an int >= 1, not a bool"):
+        RandomProjection(n_components=True).fit(_grids())

@@ -6,13 +6,14 @@ import pickle
 import shutil
 import subprocess
 import sys
-import types
 
 import joblib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from threadpoolctl import threadpool_limits
 
 from sklearn_memad import anomaly_maps, cli
@@ -49,7 +50,7 @@ def category(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(category, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.joblib"
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
     assert cli.main(["fit", "--train", str(category), "--out", str(path)] + FAST) == 0
     return path
 
@@ -67,14 +68,14 @@ def _read_csv(path):
 
 @pytest.mark.parametrize("method", ["patchcore", "padim", "dfkde"])
 def test_fit_then_score_round_trip(method, category, tmp_path, capsys):
-    model_path = tmp_path / "m.joblib"
+    model_path = tmp_path / "m.safetensors"
     code, out, err = _run(
         ["fit", "--train", str(category), "--method", method, "--out", str(model_path)] + FAST,
         capsys,
     )
     assert code == 0, err
     assert "Fitted" in out and "10 images" in out
-    pipe, header = load_model(model_path)
+    pipe, header = load_model(model_path, return_info=True)
     assert header["image_size"] == (SIZE, SIZE)
     assert header["n_train"] == 10
     assert type(pipe[-1]).__name__.lower().startswith(method[:5])
@@ -86,7 +87,16 @@ def test_fit_then_score_round_trip(method, category, tmp_path, capsys):
     )
     assert code == 0, err
     rows = _read_csv(out_dir / "scores.csv")
-    assert list(rows[0]) == ["path", "score", "decision", "label", "anomaly_percentile"]
+    assert list(rows[0]) == [
+        "path",
+        "score",
+        "decision",
+        "label",
+        "anomaly_percentile",
+        "overlay",
+        "mask",
+        "error",
+    ]
     test = load_mvtec(category, "test")
     assert sorted(r["path"] for r in rows) == sorted(test.paths)
     # The CSV holds the pipeline's own numbers: score = -score_samples, decision, predict.
@@ -111,7 +121,7 @@ def test_fit_then_score_round_trip(method, category, tmp_path, capsys):
 
 
 def test_fit_on_a_plain_folder_and_score_single_files(category, tmp_path, capsys):
-    model_path = tmp_path / "m.joblib"
+    model_path = tmp_path / "m.safetensors"
     train = category / "train" / "good"
     assert cli.main(["fit", "--train", str(train), "--out", str(model_path)] + FAST) == 0
     files = sorted((category / "test" / "good").glob("*.png"))
@@ -133,7 +143,7 @@ def test_fit_on_a_plain_folder_and_score_single_files(category, tmp_path, capsys
     assert not list((tmp_path / "o").rglob("*.png"))
 
 
-def test_score_skips_and_reports_unreadable_images(model, category, tmp_path, capsys):
+def test_score_reports_unreadable_images_as_failures(model, category, tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
     good = sorted((category / "test" / "good").glob("*.png"))[0]
@@ -143,15 +153,21 @@ def test_score_skips_and_reports_unreadable_images(model, category, tmp_path, ca
     code, out, err = _run(
         ["score", "--model", str(model), str(folder), "--out", str(tmp_path / "o"), "-q"], capsys
     )
-    assert code == exit_codes.EXIT_OK
-    assert "skipped 1 unreadable image" in err and "broken.png" in err
+    # An image without a verdict is a failure: exit code 3, and a row with the reason.
+    assert code == exit_codes.EXIT_DATA
+    assert "1 image got no verdict" in err and "broken.png" in err
     assert "Traceback" not in err
+    assert "(1 row without a verdict)" in out
     rows = _read_csv(tmp_path / "o" / "scores.csv")
-    assert [os.path.basename(r["path"]) for r in rows] == ["ok.png"]
+    assert [os.path.basename(r["path"]) for r in rows] == ["broken.png", "ok.png"]
+    assert (
+        rows[0]["score"] == "" and rows[0]["label"] == "" and "cannot identify" in rows[0]["error"]
+    )
+    assert rows[1]["error"] == "" and rows[1]["overlay"] == "ok.png"
 
 
 def test_progress_bars_by_default_and_quiet_with_q(category, tmp_path, capsys):
-    argv = ["fit", "--train", str(category), "--out", str(tmp_path / "m.joblib")]
+    argv = ["fit", "--train", str(category), "--out", str(tmp_path / "m.safetensors")]
     fast_verbose = [a for a in FAST if a != "-q"]
     assert cli.main(argv + fast_verbose) == 0
     err = capsys.readouterr().err
@@ -180,7 +196,7 @@ def _fit_argv(train, out, *extra):
     ],
 )
 def test_fit_errors_are_one_line_with_exit_codes(case, code, message, category, tmp_path, capsys):
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.safetensors"
     empty = tmp_path / "empty"
     empty.mkdir()
     one = tmp_path / "one"
@@ -216,7 +232,7 @@ def test_weights_unavailable_offline_is_a_setup_error(category, tmp_path, monkey
         "--train",
         str(category),
         "--out",
-        str(tmp_path / "m.joblib"),
+        str(tmp_path / "m.safetensors"),
         "--backbone",
         "resnet18",
         "--image-size",
@@ -228,50 +244,46 @@ def test_weights_unavailable_offline_is_a_setup_error(category, tmp_path, monkey
     assert "resnet18" in err and "Traceback" not in err
 
 
-def _incompatible_model(path, pipe):
-    """A model file holding an object whose class no longer exists (an older library)."""
-    module = types.ModuleType("sklearn_memad_gone")
+class _WritesMarker:
+    """Unpickling this creates the file ``marker``: code run by loading a pickle."""
 
-    class Gone:
-        pass
+    def __init__(self, marker):
+        self.marker = str(marker)
 
-    Gone.__module__ = module.__name__
-    Gone.__qualname__ = "Gone"
-    module.Gone = Gone
-    sys.modules[module.__name__] = module
-    try:
-        joblib.dump(
-            {"sklearn_memad_model": 1, "version": "0.0.1", "pipeline": pipe, "extra": Gone()}, path
-        )
-    finally:
-        del sys.modules[module.__name__]
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("case", ["missing", "garbage", "dict", "newer", "incompatible", "other"])
+def _with_format(source, path, model_format):
+    """A copy of the model file ``source`` that claims another format number."""
+    with safe_open(source, framework="numpy") as handle:
+        header = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    header["sklearn_memad_model"] = str(model_format)
+    save_file(tensors, path, metadata=header)
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "pickle", "newer", "bare detector"])
 def test_score_refuses_bad_model_files(case, model, category, tmp_path, capsys):
-    path = tmp_path / "model.joblib"
-    pipe, _ = load_model(model)
+    path, marker = tmp_path / "model.safetensors", tmp_path / "ran"
+    pipe = load_model(model)
     if case == "garbage":
-        path.write_bytes(b"hello, not a pickle")
-    elif case == "dict":
-        joblib.dump({"weights": [1, 2, 3]}, path)
-    elif case == "newer":
+        path.write_bytes(b"hello, not a model")
+    elif case == "pickle":
+        # A model file of sklearn_memad 0.1, with code hidden in it.
         joblib.dump(
-            {"sklearn_memad_model": MODEL_FORMAT + 1, "version": "9.0", "pipeline": pipe}, path
+            {"sklearn_memad_model": 1, "pipeline": pipe, "extra": _WritesMarker(marker)}, path
         )
-    elif case == "incompatible":
-        _incompatible_model(path, pipe)
-    elif case == "other":
-        from sklearn.ensemble import IsolationForest
-
-        joblib.dump(IsolationForest(), path)
+    elif case == "newer":
+        _with_format(model, path, MODEL_FORMAT + 1)
+    elif case == "bare detector":
+        save_model(pipe[-1], path)
     message = {
         "missing": "does not exist",
         "garbage": "not a sklearn_memad model file",
-        "dict": "not a sklearn_memad model file",
-        "newer": "format",
-        "incompatible": "incompatible version",
-        "other": "not a sklearn_memad model file",
+        "pickle": "is a pickle",
+        "newer": f"format {MODEL_FORMAT + 1}, newer than",
+        "bare detector": "scores feature grids, not images",
     }[case]
     code, _, err = _run(
         ["score", "--model", str(path), str(category / "test"), "--out", str(tmp_path / "o")],
@@ -280,27 +292,20 @@ def test_score_refuses_bad_model_files(case, model, category, tmp_path, capsys):
     assert code == exit_codes.EXIT_MODEL
     assert message in err
     assert len(err.strip().splitlines()) == 1
-    with pytest.raises((ModelFileError, FileNotFoundError)):
-        load_model(path)
+    assert not marker.exists()
+    if case != "bare detector":
+        with pytest.raises((ModelFileError, FileNotFoundError), match=message):
+            load_model(path)
+    assert not marker.exists()
 
 
-def test_score_accepts_a_bare_joblib_pipeline(model, category, tmp_path, capsys):
-    pipe, _ = load_model(model)
+def test_score_refuses_a_joblib_pipeline_unread(model, category, tmp_path, capsys):
     path = tmp_path / "bare.joblib"
-    joblib.dump(pipe, path)
-    code, _, err = _run(
-        [
-            "score",
-            "--model",
-            str(path),
-            str(category / "test" / "good"),
-            "--out",
-            str(tmp_path / "o"),
-            "-q",
-        ],
-        capsys,
-    )
-    assert code == 0, err
+    joblib.dump(load_model(model), path)
+    images, out = str(category / "test" / "good"), str(tmp_path / "o")
+    code, _, err = _run(["score", "--model", str(path), images, "--out", out, "-q"], capsys)
+    assert code == exit_codes.EXIT_MODEL
+    assert "was not loaded" in err and "joblib.load" in err and "save_model" in err
 
 
 @pytest.mark.parametrize(
@@ -327,17 +332,16 @@ def test_save_and_load_model_header(category, tmp_path):
     data = load_mvtec(category, "train")
     pipe = make_detector_pipeline("dfkde", backbone="resnet18", weights=None, image_size=SIZE)
     pipe.fit(data.images)
-    header = save_model(pipe, tmp_path / "m.joblib", note="hello")
+    header = save_model(pipe, tmp_path / "m.safetensors", note="hello")
     assert header["sklearn_memad_model"] == MODEL_FORMAT and header["note"] == "hello"
-    payload = joblib.load(tmp_path / "m.joblib")
-    assert payload["pipeline"].steps[-1][0] == "dfkdedetector"
-    loaded, read = load_model(tmp_path / "m.joblib")
-    assert read["version"] == header["version"] and read["image_size"] == (SIZE, SIZE)
-    np.testing.assert_allclose(
-        loaded.score_samples(data.images[:2]), pipe.score_samples(data.images[:2]), rtol=1e-5
+    loaded, read = load_model(tmp_path / "m.safetensors", return_info=True)
+    assert read == header and read["image_size"] == (SIZE, SIZE)
+    np.testing.assert_array_equal(
+        loaded.score_samples(data.images[:2]), pipe.score_samples(data.images[:2])
     )
-    with pytest.raises(ModelFileError, match="fitted sklearn_memad pipeline"):
-        save_model(make_detector_pipeline("padim"), tmp_path / "unfitted.joblib")
+    with pytest.raises(ModelFileError, match="not a fitted sklearn_memad model"):
+        save_model(make_detector_pipeline("padim"), tmp_path / "unfitted.safetensors")
+    assert not (tmp_path / "unfitted.safetensors").exists()
 
 
 def test_demo_small_run(tmp_path, capsys):
@@ -396,17 +400,17 @@ def test_python_dash_m_exit_code_and_no_matplotlib_import(tmp_path):
     ]
 
 
-def test_pickle_of_model_file_has_no_torch_module(model):
+def test_model_file_has_no_torch_module_and_the_model_pickles(model):
     with open(model, "rb") as handle:
-        assert b"torch.nn" not in handle.read()
-    assert pickle.loads(pickle.dumps(load_model(model)[0])) is not None
+        assert b"torch" not in handle.read()
+    assert pickle.loads(pickle.dumps(load_model(model))) is not None
 
 
 # --------------------------------------------------------------------------- --validation
 @pytest.fixture(scope="module")
 def recall_model(category, tmp_path_factory):
     """A model whose threshold is chosen for recall 1.0 on the category's test images."""
-    path = tmp_path_factory.mktemp("recall") / "model.joblib"
+    path = tmp_path_factory.mktemp("recall") / "model.safetensors"
     argv = _fit_argv(
         category, path, "--validation", str(category), "--objective", "recall", "--target", "1.0"
     )
@@ -422,7 +426,7 @@ def _csv_by_path(path):
 def test_fit_with_validation_reports_and_saves_the_chosen_threshold(
     objective, category, tmp_path, capsys
 ):
-    path = tmp_path / "m.joblib"
+    path = tmp_path / "m.safetensors"
     extra = ["--objective", "recall", "--target", "1.0"] if objective == "recall" else []
     # The category root, or its test/ folder (then the masks are in ../ground_truth).
     validation = category if objective == "recall" else category / "test"
@@ -430,7 +434,7 @@ def test_fit_with_validation_reports_and_saves_the_chosen_threshold(
         _fit_argv(category, path, "--validation", str(validation), *extra), capsys
     )
     assert code == 0, err
-    model, header = load_model(path)
+    model, header = load_model(path, return_info=True)
     assert isinstance(model, ThresholdedDetector)
     assert model.cv == "prefit" and model.objective == objective
     # Validated on test/ (2 normal, 3 defective), never on the training images.
@@ -450,7 +454,7 @@ def test_fit_with_validation_reports_and_saves_the_chosen_threshold(
 
 
 def test_score_decides_with_the_validation_threshold(recall_model, category, tmp_path, capsys):
-    model, _ = load_model(recall_model)
+    model = load_model(recall_model)
     detector = model.estimator_[-1]
     out_dir = tmp_path / "o"
     code, out, err = _run(
@@ -489,7 +493,7 @@ def test_score_decides_with_the_validation_threshold(recall_model, category, tmp
 def test_score_writes_defect_masks_from_the_pixel_threshold(
     recall_model, category, tmp_path, capsys
 ):
-    model, header = load_model(recall_model)
+    model, header = load_model(recall_model, return_info=True)
     threshold = header["pixel_threshold"]["threshold"]
     # Two new images: one at the model's size, one at another size (its mask has the file's).
     new = tmp_path / "new"
@@ -517,7 +521,7 @@ def test_score_writes_defect_masks_from_the_pixel_threshold(
     assert expected.any()
 
     # An image that the image threshold passes gets an empty mask.
-    passing = tmp_path / "passing.joblib"
+    passing = tmp_path / "passing.safetensors"
     model.threshold_ = -np.inf  # nothing is flagged
     save_model(model, passing, pixel_threshold=header["pixel_threshold"])
     code, _, err = _run(
@@ -556,7 +560,7 @@ def test_validation_without_masks_in_a_plain_folder(category, tmp_path, capsys):
     # good/ and one folder per defect type, no ground_truth/: no pixel threshold, no masks.
     plain = tmp_path / "val"
     shutil.copytree(category / "test", plain)
-    path = tmp_path / "m.joblib"
+    path = tmp_path / "m.safetensors"
     code, out, err = _run(
         _fit_argv(
             category, path, "--validation", str(plain), "--objective", "fpr", "--target", "0.5"
@@ -565,7 +569,7 @@ def test_validation_without_masks_in_a_plain_folder(category, tmp_path, capsys):
     )
     assert code == 0, err
     assert "no ground-truth masks" in err
-    model, header = load_model(path)
+    model, header = load_model(path, return_info=True)
     assert model.false_positive_rate_ <= 0.5 and "pixel_threshold" not in header
     code, out, err = _run(
         ["score", "--model", str(path), str(plain), "--out", str(tmp_path / "o"), "-q"], capsys
@@ -592,7 +596,7 @@ def test_validation_without_masks_in_a_plain_folder(category, tmp_path, capsys):
     ],
 )
 def test_fit_validation_errors_are_one_line(extra, code, message, category, tmp_path, capsys):
-    path = tmp_path / "m.joblib"
+    path = tmp_path / "m.safetensors"
     validation = ["--validation", str(category)]
     if extra and extra[0] == "no-validation":
         validation, extra = [], extra[1:]
@@ -613,12 +617,12 @@ def test_fit_validation_errors_are_one_line(extra, code, message, category, tmp_
 
 def test_fit_streams_its_folder_in_chunks(category, tmp_path):
     """Chunks bound memory; PaDiM's statistics make the streamed model the one-pass model."""
-    streamed, whole = tmp_path / "streamed.joblib", tmp_path / "whole.joblib"
+    streamed, whole = tmp_path / "streamed.safetensors", tmp_path / "whole.safetensors"
     argv = ["--method", "padim", "--n-components", "8"]
     assert cli.main(_fit_argv(category, streamed, *argv, "--chunk-size", "3")) == 0
     assert cli.main(_fit_argv(category, whole, *argv, "--chunk-size", "100")) == 0
-    pipe, _ = load_model(streamed)
-    reference, _ = load_model(whole)
+    pipe = load_model(streamed)
+    reference = load_model(whole)
     assert pipe[-1].n_samples_seen_ == 10
     test = load_mvtec(category, "test", image_size=SIZE).images
     np.testing.assert_allclose(pipe.score_samples(test), reference.score_samples(test), rtol=1e-5)

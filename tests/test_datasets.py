@@ -235,3 +235,58 @@ def test_mtd():
             > 0
         )
         assert test.kinds[i] == "uneven" and source.sum() <= 3
+
+
+def test_float_images_are_read_on_the_unit_scale_or_refused(tmp_path):
+    from sklearn_memad.datasets import read_images
+
+    grey = np.arange(6 * 8, dtype=np.float32).reshape(6, 8) / 47
+    Image.fromarray(grey, mode="F").save(tmp_path / "unit.tif")
+    Image.fromarray(grey * 255, mode="F").save(tmp_path / "wide.tif")
+    nan = grey.copy()
+    nan[0, 0] = np.nan
+    Image.fromarray(nan, mode="F").save(tmp_path / "nan.tif")
+    images, kept, skipped = read_images(
+        [tmp_path / n for n in ("unit.tif", "wide.tif", "nan.tif")]
+    )
+    assert kept == [tmp_path / "unit.tif"]
+    np.testing.assert_array_equal(images[0, ..., 0], np.rint(grey * 255).astype(np.uint8))
+    np.testing.assert_array_equal(images[0, ..., 0], images[0, ..., 2])
+    reasons = dict(skipped)
+    assert "values in [0, 255]" in reasons[tmp_path / "wide.tif"]
+    assert "values in [nan" in reasons[tmp_path / "nan.tif"]
+    # The MVTec loader reads them the same way, and names the file it refuses.
+    root = tmp_path / "r"
+    (root / "train/good").mkdir(parents=True)
+    (tmp_path / "unit.tif").rename(root / "train/good/a.tif")
+    np.testing.assert_array_equal(load_mvtec(root, "train").images[0], images[0])
+    (tmp_path / "wide.tif").rename(root / "train/good/b.tif")
+    with pytest.raises(ValueError, match=r"b\.tif'.*values in \[0, 255\]"):
+        load_mvtec(root, "train")
+
+
+def test_pixel_limit_of_image_files(tmp_path, monkeypatch):
+    from sklearn_memad.datasets import image_shape, pillow_pixel_limit, read_images, read_rgb
+
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(Image.DecompressionBombError, match="40 x 30 = 1,200 pixels.*1,000"):
+        read_rgb(tmp_path / "a.png", max_pixels=1000)
+    assert read_rgb(tmp_path / "a.png", max_pixels=1200).size == (40, 30)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert pillow_pixel_limit() == 200
+    _, kept, skipped = read_images([tmp_path / "a.png"])
+    assert not kept and "decompression bomb" in skipped[0][1]
+    # A limit above Pillow's lifts Pillow's guard while the file is read, and only then.
+    assert read_images([tmp_path / "a.png"], max_pixels=5000)[1] == [tmp_path / "a.png"]
+    assert image_shape(tmp_path / "a.png", max_pixels=5000) == (30, 40)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_find_images_lists_a_file_once(tmp_path):
+    from sklearn_memad.datasets import find_images
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "sub/b.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    found = find_images([tmp_path / "sub/b.png", tmp_path, tmp_path / "a.png"])
+    assert found == [tmp_path / "sub/b.png", tmp_path / "a.png"]

@@ -488,3 +488,44 @@ def test_efficientnet_lite1_and_lite2(images, name, d):
             ft.fit(images)
         ft.set_params(weights=None)
     assert ft.fit_transform(images[:1]).shape == (1, 8, 8, d)
+
+
+# --- large inputs -----------------------------------------------------------------------------
+
+
+def test_large_images_are_resized_before_any_float_copy_of_the_batch(fitted):
+    """Peak NumPy memory stays below the uint8 input: no float32 copy of the batch at input
+    resolution (4x the input) is made; benchmarks/large_image_memory.py measures the rest."""
+    import tracemalloc
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 600, 500, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        fitted.transform(images)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < images.nbytes
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_resizing_in_strips_equals_resizing_whole_images(monkeypatch, grey):
+    from sklearn_memad.features import _transformer
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 70, 90, 3), dtype=np.uint8)
+    floats = images.astype(np.float32) / np.float32(255.0)
+    if grey:
+        images, floats = images[..., 0], np.repeat(floats[..., :1], 3, axis=-1)
+    extractor = type("Identity", (), {"device": torch.device("cpu"), "mean": 0.0, "std": 1.0})
+    reference = F.interpolate(
+        torch.from_numpy(floats).permute(0, 3, 1, 2),
+        size=(33, 41),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
+    monkeypatch.setattr(_transformer, "_STRIP_ELEMENTS", 3 * 90 * 7)  # strips of 7 rows
+    torch.testing.assert_close(
+        _transformer._prepare(images, (33, 41), extractor), reference, rtol=0, atol=0
+    )

@@ -22,7 +22,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import validate_parameter_constraints
 
 from .. import defaults
-from ..datasets import READ_ERRORS, labelled_files
+from ..datasets import READ_ERRORS, image_shape, labelled_files
 from ..maps import predict_anomaly_maps
 from ..masks import mask_scores, select_pixel_threshold
 from ..thresholds import ThresholdedDetector
@@ -218,15 +218,15 @@ def pixel_threshold(header, sigma):
     return float(pixel["threshold"]), None
 
 
-def write_mask(target, anomaly_map, threshold, flagged, source):
+def write_mask(target, anomaly_map, threshold, flagged, source, max_pixels=None):
     """Write a defect mask PNG (white = defect) at the size of the image file ``source``.
 
     The map is resized (bilinear) to the file's size before thresholding; an image that the
-    image threshold passes gets an empty mask.
+    image threshold passes gets an empty mask. ``max_pixels`` is the limit the file was read
+    under (None: Pillow's).
     """
     try:
-        with Image.open(source) as im:
-            width, height = im.size
+        height, width = image_shape(source, max_pixels)
     except READ_ERRORS:
         height, width = anomaly_map.shape
     if not flagged:

@@ -148,9 +148,9 @@ def _say_summary(say, textures, methods, results, written, overlay_dir, out_dir,
     if write_data:
         example = out_dir / "data" / textures[0]
         say(f"The images are in {out_dir / 'data'}/ (MVTec layout). Try the command line:")
-        say(f"  memad fit --train {example} --method patchcore --out {textures[0]}.joblib")
+        say(f"  memad fit --train {example} --method patchcore --out {textures[0]}.safetensors")
         say(
-            f"  memad score --model {textures[0]}.joblib {example / 'test'} "
+            f"  memad score --model {textures[0]}.safetensors {example / 'test'} "
             f"--out {textures[0]}_scores"
         )
 

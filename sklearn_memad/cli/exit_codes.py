@@ -6,15 +6,16 @@ one line on standard error and exit with a code that scripts can test:
 ====  ========================================================================================
 code  meaning
 ====  ========================================================================================
-0     success (``score`` also exits 0 when it flags anomalies, and when it skipped unreadable
-      images, which it reports)
+0     success (``score`` also exits 0 when it flags anomalies)
 1     unexpected internal error (``--debug`` shows the traceback)
 2     usage: a wrong command line or option value (unknown backbone or layer, bad number)
-3     data: a missing path, a folder without images, no readable image, an unwritable output
+3     data: a missing path, a folder without images, no readable image, an unwritable output;
+      ``score``: an image that got no verdict (unreadable, too large), a row of scores.csv
+      with the reason
 4     model: the model file is missing, is not a sklearn_memad model, or comes from an
       incompatible version
 5     setup: backbone weights or an optional package are not available on this machine
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C, or SIGTERM during ``score``)
 ====  ========================================================================================
 """
 
@@ -41,7 +42,8 @@ EXIT_INTERRUPTED = 130
 
 #: One line for ``--help``.
 SUMMARY = (
-    "Exit codes: 0 ok, 1 internal error, 2 usage, 3 data (paths, images), 4 model file, "
+    "Exit codes: 0 ok, 1 internal error, 2 usage, 3 data (paths, images; score: an image "
+    "without a verdict), 4 model file, "
     "5 setup (weights or packages missing), 130 interrupted."
 )
 

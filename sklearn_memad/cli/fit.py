@@ -14,10 +14,13 @@ from ..persistence import save_model
 from ..pipelines import make_detector_pipeline, partial_fit
 from ..utils.progress import progress
 from .decisions import check_decision_options, choose_thresholds, validation_files
-from .exit_codes import EXIT_DATA, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError
+from .exit_codes import EXIT_DATA, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError, OptionError
 from .messages import report_skipped, warn
 
 __all__ = ["cluster_client", "run"]
+
+#: Images in the first chunk at least, whatever --chunk-size says.
+FIRST_CHUNK = 2
 
 NAMES = {"PaDiMDetector": "PaDiM", "PatchCoreDetector": "PatchCore", "DFKDEDetector": "DFKDE"}
 
@@ -38,15 +41,20 @@ def _build_backbone(features, size):
 
 
 def _n_components(args, n_features):
-    """PaDiM's channel pick cannot keep more than the backbone's features."""
-    if args.method != "padim":
+    """PaDiM's channel pick cannot keep more than the backbone's features, and DFKDE's
+    projection gains nothing from more (its memory grows with them)."""
+    if args.method == "patchcore":
         return args.n_components
     if args.n_components is None:
-        return min(defaults.N_COMPONENTS["padim"], n_features)
+        return min(defaults.N_COMPONENTS[args.method], n_features)
     if args.n_components > n_features:
+        why = {
+            "padim": "PaDiM keeps a subset of them",
+            "dfkde": "a projection to more dimensions adds none, only memory",
+        }[args.method]
         raise CommandError(
             f"--n-components {args.n_components} is more than the {n_features} features of "
-            f"backbone {args.backbone!r}; PaDiM keeps a subset of them",
+            f"backbone {args.backbone!r}; expected 1 to {n_features} ({why})",
             EXIT_USAGE,
         )
     return args.n_components
@@ -75,11 +83,14 @@ def _stream_fit(args, pipe, files, size):
     """
     chunk, kept, skipped = [], [], []
     for i, path in enumerate(progress(files, not args.quiet, "fitting")):
-        image, read, unreadable = read_images([path], size)
+        image, read, unreadable = read_images([path], size, max_pixels=args.max_image_pixels)
         chunk += list(image)
         kept += read
         skipped += unreadable
-        if chunk and (len(chunk) == args.chunk_size or i == len(files) - 1):
+        # A memory's first chunk needs two images (PaDiM and DFKDE model their spread), so
+        # --chunk-size 1 starts with two.
+        need = max(args.chunk_size, FIRST_CHUNK) if len(kept) == len(chunk) else args.chunk_size
+        if chunk and (len(chunk) >= need or i == len(files) - 1):
             try:
                 partial_fit(pipe, np.stack(chunk))
             except ValueError as exc:  # too few images, too many components...
@@ -147,6 +158,11 @@ def run(args):
     """Fit, choose thresholds if asked, save; print what was built."""
     # Cheap checks first: the backbone takes seconds.
     objective, target = check_decision_options(args.validation, args.objective, args.target)
+    if Path(args.train).is_file():
+        raise OptionError(
+            f"--train '{args.train}' is a file; expected a folder of defect-free images (or "
+            "an MVTec-layout category holding train/good)"
+        )
     files = training_files(args.train)
     found = None
     if args.validation is not None:
@@ -161,7 +177,7 @@ def run(args):
     n_components = _n_components(args, n_features)
     validation = None
     if found is not None:
-        validation, skipped = read_labelled(found, size, not args.quiet)
+        validation, skipped = read_labelled(found, size, not args.quiet, args.max_image_pixels)
         report_skipped(skipped)
 
     # One progress bar for the stream instead of one per chunk and step.

@@ -49,8 +49,9 @@ def main(argv=None):
     except ImageFolderError as exc:
         print(f"memad {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DATA
-    except KeyboardInterrupt:
-        print(f"memad {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f"; {exc}" if str(exc) else ""  # what the command kept, when it says
+        print(f"memad {args.command}: interrupted{detail}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:

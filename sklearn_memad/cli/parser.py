@@ -1,13 +1,21 @@
 """The ``memad`` command line's parser: argument types, option groups, the three commands."""
 
 import argparse
+import math
 
 from .. import __version__, defaults
+from ..datasets import pillow_pixel_limit
+from ..maps import MAX_SIGMA
 from ..pipelines import METHODS
 from . import demo, fit, score
 from .exit_codes import SUMMARY
 
-__all__ = ["build_parser"]
+__all__ = ["MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE", "build_parser"]
+
+#: Sides that --image-size accepts: below, the backbone's grid vanishes; above, one image's
+#: activations take gigabytes.
+MIN_IMAGE_SIDE = 16
+MAX_IMAGE_SIDE = 4096
 
 
 # --------------------------------------------------------------------------- argument types
@@ -18,12 +26,42 @@ def image_size(text):
         values = [int(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) not in (1, 2) or min(values, default=0) < 16:
+    if len(values) not in (1, 2) or not all(_is_side(v) for v in values):
         raise argparse.ArgumentTypeError(
-            f"expected a side such as 256 or HEIGHTxWIDTH such as 224x320 (at least 16 px); "
-            f"got {text!r}"
+            "expected a side such as 256 or HEIGHTxWIDTH such as 224x320, each "
+            f"{MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} px; got {text!r}"
         )
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def image_side(text):
+    """One side in pixels, ``MIN_IMAGE_SIDE`` to ``MAX_IMAGE_SIDE``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not _is_side(value):
+        raise argparse.ArgumentTypeError(
+            f"expected a side of {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} px; got {text!r}"
+        )
+    return value
+
+
+def _is_side(value):
+    return MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE
+
+
+def sigma(text):
+    """The map smoothing in pixels: a finite number in [0, MAX_SIGMA]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_SIGMA:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels in [0, {MAX_SIGMA:g}] (0: no smoothing); got {text!r}"
+        )
+    return value
 
 
 def auto_or_fraction(upper):
@@ -93,10 +131,23 @@ def _add_backbone_options(parser, default_size, size_type=image_size):
         "--image-size",
         type=size_type,
         default=default_size,
-        help=f"side, or HEIGHTxWIDTH, images are resized to (default {default_size})",
+        help=f"side, or HEIGHTxWIDTH, images are resized to, {MIN_IMAGE_SIDE} to "
+        f"{MAX_IMAGE_SIDE} px (default {default_size})",
     )
     group.add_argument(
         "--seed", type=int, default=0, help="seeds projections, coresets, random weights"
+    )
+
+
+def _add_pixel_limit_option(parser):
+    limit = pillow_pixel_limit()
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=limit,
+        metavar="N",
+        help="refuse image files of more than N pixels, a guard against decompression bombs "
+        f"(default {limit}, Pillow's); raise it for large line-scan images",
     )
 
 
@@ -134,7 +185,7 @@ def _add_detector_options(parser):
         "--n-components",
         type=positive_int,
         default=None,
-        help="PaDiM / DFKDE: projected features (default "
+        help="PaDiM / DFKDE: projected features, at most the backbone's (default "
         f"{defaults.N_COMPONENTS['padim']} / {defaults.N_COMPONENTS['dfkde']})",
     )
     knobs.add_argument(
@@ -202,7 +253,10 @@ def _add_fit(commands):
         help=f"detector (default {defaults.METHOD})",
     )
     parser.add_argument(
-        "--out", default="model.joblib", metavar="FILE", help="model file (default model.joblib)"
+        "--out",
+        default="model.safetensors",
+        metavar="FILE",
+        help="model file (default model.safetensors)",
     )
     _add_backbone_options(parser, default_size=defaults.IMAGE_SIZE)
     _add_detector_options(parser)
@@ -221,6 +275,7 @@ def _add_fit(commands):
         f"folders (default {defaults.FIT_CHUNK})",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
+    _add_pixel_limit_option(parser)
     _add_scheduler_option(parser, "read and featurise the images, a partition per worker,")
     _add_common_options(parser)
     parser.set_defaults(run=fit.run)
@@ -231,26 +286,34 @@ def _add_score(commands):
         "score",
         help="score images with a fitted model; write scores.csv and overlay PNGs",
         description="Score images (files, or folders searched recursively) with a model "
-        "written by 'memad fit'. Writes OUT/scores.csv (path, score: image anomaly score, "
-        "higher = more abnormal; decision: negative = anomaly; label: +1 normal, -1 anomaly; "
-        "anomaly_percentile: 0-100, the same scale for every detector), one PNG per image "
-        "with its anomaly map overlaid and, when the model holds a pixel threshold (fit "
-        "with --validation and masks), one defect mask PNG per image (white = defect).",
+        "written by 'memad fit'. Writes OUT/scores.csv, a row per image as it is scored "
+        "(path, score: image anomaly score, higher = more abnormal; decision: negative = "
+        "anomaly; label: +1 normal, -1 anomaly; anomaly_percentile: 0-100, the same scale "
+        "for every detector; overlay and mask: the PNGs written for it; error: why an image "
+        "got no verdict), one PNG per image with its anomaly map overlaid and, when the "
+        "model holds a pixel threshold (fit with --validation and masks), one defect mask "
+        "PNG per image (white = defect). Exits 3 when an image got no verdict.",
     )
     parser.add_argument("--model", required=True, metavar="FILE", help="model file")
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="images or folders")
     parser.add_argument(
-        "--out", default="memad_scores", metavar="DIR", help="output folder (default memad_scores)"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder, outside every folder scanned (default: memad_scores in the "
+        "current folder, or FOLDER_memad_scores beside a scanned FOLDER that holds the "
+        "current folder)",
     )
     parser.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
     parser.add_argument("--no-masks", action="store_true", help="write no defect mask PNGs")
     parser.add_argument(
         "--sigma",
-        type=float,
+        type=sigma,
         default=defaults.SIGMA,
-        help=f"smoothing of the maps in pixels (default {defaults.SIGMA:g})",
+        help=f"smoothing of the maps in pixels, 0 to {MAX_SIGMA:g} (default {defaults.SIGMA:g})",
     )
     parser.add_argument("--device", default=None, help="torch device (default: the model's)")
+    _add_pixel_limit_option(parser)
     _add_scheduler_option(parser, "score the images and write their PNGs")
     _add_common_options(parser)
     parser.set_defaults(run=score.run)
@@ -278,7 +341,7 @@ def _add_demo(commands):
     parser.add_argument(
         "--small", action="store_true", help="a quick run: brick only, fewer images"
     )
-    _add_backbone_options(parser, default_size=demo.IMAGE_SIZE, size_type=positive_int)
+    _add_backbone_options(parser, default_size=demo.IMAGE_SIZE, size_type=image_side)
     _add_common_options(parser)
     parser.set_defaults(run=demo.run)
 

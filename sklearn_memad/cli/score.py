@@ -1,8 +1,10 @@
 """``memad score``: score images with a model file; write scores.csv, overlays and masks."""
 
 import copy
-import csv
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from PIL import Image
 from ..datasets import READ_ERRORS, find_images, folder_labels, mask_name, read_images, read_rgb
 from ..display import compose_panels, score_caption
 from ..distributed import score_samples as score_on_cluster
+from ..features import FeatureTransformer
 from ..maps import predict_anomaly_maps
 from ..metrics import image_auroc
 from ..persistence import ModelFileError, inner_pipeline, load_model
@@ -19,9 +22,18 @@ from ..utils.chunking import chunked
 from ..utils.pipeline import model_parts
 from ..utils.progress import progress
 from .decisions import describe_decision, describe_masks, pixel_threshold, write_mask
-from .exit_codes import EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_SETUP, EXIT_USAGE, CommandError
+from .exit_codes import (
+    EXIT_DATA,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_SETUP,
+    EXIT_USAGE,
+    CommandError,
+    OptionError,
+)
 from .fit import NAMES, cluster_client
-from .messages import report_skipped, warn
+from .messages import report_unscored, warn
+from .outputs import ScoresTable, choose_output_folder, output_names, relative_source
 
 __all__ = ["run"]
 
@@ -33,16 +45,23 @@ OVERLAY_MAX_SIDE = 1024
 
 def _load(path, device):
     try:
-        pipe, header = load_model(path)
+        pipe, header = load_model(path, return_info=True)
     except (FileNotFoundError, ModelFileError) as exc:
         raise CommandError(str(exc), EXIT_MODEL) from exc
+    pipeline = inner_pipeline(pipe)
+    if pipeline is None or not isinstance(pipeline.steps[0][1], FeatureTransformer):
+        raise CommandError(
+            f"'{path}' holds a {header.get('method', 'model')} that scores feature grids, not "
+            "images; memad score needs a model from images (written by memad fit, or by "
+            "save_model of a pipeline that starts with a FeatureTransformer).",
+            EXIT_MODEL,
+        )
     if device is not None:
-        inner_pipeline(pipe).steps[0][1].set_params(device=device)
+        pipeline.steps[0][1].set_params(device=device)
     return pipe, header
 
 
 def _output_folder(out):
-    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -51,18 +70,10 @@ def _output_folder(out):
     return out
 
 
-def _overlay_name(path, root):
-    try:
-        relative = Path(path).resolve().relative_to(root)
-    except ValueError:
-        relative = Path(Path(path).name)
-    return relative.with_suffix(".png")
-
-
-def _overlay_base(path, fallback):
+def _overlay_base(path, fallback, max_pixels):
     """The image at its own aspect ratio (at most OVERLAY_MAX_SIDE px), or what the model saw."""
     try:
-        im = read_rgb(path)
+        im = read_rgb(path, max_pixels)
     except READ_ERRORS:
         return fallback
     im.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE), Image.Resampling.BILINEAR)
@@ -79,13 +90,21 @@ def _predict(pipe, images, sigma):
 
 
 def _write_outputs(job, path, image, result, i):
-    """The defect mask and the overlay PNG of image ``i`` of a scored chunk."""
-    target = job.out / _overlay_name(path, job.root)
+    """The defect mask and the overlay PNG of image ``i`` of a scored chunk.
+
+    Returns the names, relative to the output folder, of the overlay and the mask written
+    (empty when not written).
+    """
+    name = job.names[os.path.abspath(os.fspath(path))]
+    target = job.out / name
+    written = ["", ""]
     if job.pixel is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_mask(mask_name(target), result.maps[i], job.pixel, result.labels[i] == -1, path)
+        flagged = result.labels[i] == -1
+        write_mask(mask_name(target), result.maps[i], job.pixel, flagged, path, job.max_pixels)
+        written[1] = mask_name(name).as_posix()
     if job.no_overlays:
-        return
+        return written
     target.parent.mkdir(parents=True, exist_ok=True)
     panel = {
         "map": result.maps[i],
@@ -94,34 +113,44 @@ def _write_outputs(job, path, image, result, i):
         "caption": score_caption(result.scores[i], result.threshold, job.name),
         "anomaly": bool(result.labels[i] == -1),
     }
-    title = os.fspath(_overlay_name(path, job.root).with_suffix(Path(path).suffix))
-    compose_panels(_overlay_base(path, image), [panel], title=title).save(target)
+    title = os.fspath(relative_source(path, job.root))
+    base = _overlay_base(path, image, job.max_pixels)
+    compose_panels(base, [panel], title=title).save(target)
+    written[0] = name.as_posix()
+    return written
 
 
-def _score_all(job, pipe, files, size, verbose):
-    rows, skipped = [], []
+def _score_chunk(job, pipe, chunk, size, table):
+    """Score one chunk of files; each gets its row in ``table`` once its PNGs are written."""
+    images, kept, skipped = read_images(chunk, size, max_pixels=job.max_pixels)
+    reasons = dict(skipped)
+    result = _predict(pipe, images, job.sigma) if kept else None
+    index = {path: i for i, path in enumerate(kept)}
+    pending = list(chunk)
+    try:
+        while pending:
+            path = pending[0]
+            if path in reasons:
+                table.add_failure(path, reasons[path])
+            else:
+                i = index[path]
+                table.add(path, result, i, *_write_outputs(job, path, images[i], result, i))
+            pending.pop(0)
+    except KeyboardInterrupt:
+        # The chunk is scored: its verdicts are kept even where the PNGs were not drawn.
+        for path in pending:
+            if path in index:
+                table.add(path, result, index[path])
+        raise
+    return images.shape[1:3] if kept else size
+
+
+def _score_all(job, pipe, files, size, verbose, table):
     for chunk in progress(chunked(files, SCORE_CHUNK), verbose, "scoring"):
-        images, kept, chunk_skipped = read_images(chunk, size)
-        skipped += chunk_skipped
-        if not kept:
-            continue
-        size = images.shape[1:3]
-        result = _predict(pipe, images, job.sigma)
-        for i, path in enumerate(kept):
-            rows.append(
-                (
-                    path,
-                    result.scores[i],
-                    result.decision[i],
-                    result.labels[i],
-                    result.percentiles[i],
-                )
-            )
-            _write_outputs(job, path, images[i], result, i)
-    return rows, skipped
+        size = _score_chunk(job, pipe, chunk, size, table)
 
 
-def _score_on_cluster(args, job, pipe, files):
+def _score_on_cluster(args, job, pipe, files, table):
     """``_score_all`` on the cluster at --scheduler: the workers read, score and write."""
     remote = copy.copy(job)
     remote.out = job.out.absolute()  # the workers' working folder may be another
@@ -139,42 +168,39 @@ def _score_on_cluster(args, job, pipe, files):
             raise CommandError(str(exc), EXIT_SETUP) from exc
         except ValueError as exc:
             raise CommandError(str(exc), EXIT_USAGE) from exc
-    columns = (result.paths, result.scores, result.decision, result.labels, result.percentiles)
-    return list(zip(*columns)), result.skipped
+    reasons = dict(result.skipped)
+    scored = dict(zip(result.paths, range(len(result.paths))))
+    for path in files:
+        if path in scored:
+            name = job.names[os.path.abspath(os.fspath(path))]
+            mask = mask_name(name).as_posix() if job.pixel is not None else ""
+            overlay = "" if job.no_overlays else name.as_posix()
+            table.add(path, result, scored[path], overlay, mask)
+        else:
+            table.add_failure(path, reasons.get(path, "not scored"))
 
 
-def _write_csv(path, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "score", "decision", "label", "anomaly_percentile"])
-        for image, score, decision, label, percentile in rows:
-            writer.writerow(
-                [
-                    os.fspath(image),
-                    f"{score:.6g}",
-                    f"{decision:.6g}",
-                    int(label),
-                    f"{percentile:.4g}",
-                ]
-            )
-
-
-def _summarise(job, pipe, detector, rows, csv_path):
-    flagged = int(sum(row[3] == -1 for row in rows))
+def _summarise(job, pipe, detector, table):
+    rows = table.scored
+    flagged = int(sum(label == -1 for _, _, label in rows))
     print(
         f"Scored {len(rows)} image{'s' if len(rows) > 1 else ''} with {job.name}: {flagged} "
         f"flagged as anomalies ({describe_decision(pipe, detector)})."
     )
     if job.pixel is not None:
         print(describe_masks(job.pixel))
-    truth = folder_labels([row[0] for row in rows])
+    truth = folder_labels([path for path, _, _ in rows])
     if truth is not None:
-        scores = np.array([row[1] for row in rows])
+        scores = np.array([score for _, score, _ in rows])
         print(
             "Image AUROC from the folder names (good = normal, other folders = defective): "
             f"{image_auroc(truth, scores):.3f}"
         )
-    written = [os.fspath(csv_path)] + ([] if job.no_overlays else [f"{len(rows)} overlay PNGs"])
+    n_failed = len(table.failed)
+    table_line = os.fspath(table.path) + (
+        f" ({n_failed} row{'s' if n_failed > 1 else ''} without a verdict)" if n_failed else ""
+    )
+    written = [table_line] + ([] if job.no_overlays else [f"{len(rows)} overlay PNGs"])
     written += [f"{len(rows)} defect mask PNGs"] if job.pixel is not None else []
     print(
         f"Wrote {', '.join(written[:-1])} and {written[-1]}"
@@ -188,33 +214,69 @@ class _Job:
     """What every scored image's outputs depend on."""
 
     def __init__(self, args, files, detector, header):
-        self.out = _output_folder(args.out)
+        self.out = _output_folder(choose_output_folder(args.out, args.inputs))
         self.root = Path(os.path.commonpath([Path(p).resolve().parent for p in files]))
+        self.names = output_names(files, self.root)
         self.name = NAMES.get(type(detector).__name__, type(detector).__name__)
         self.sigma = args.sigma
         self.no_overlays = args.no_overlays
+        self.max_pixels = args.max_image_pixels
         pixel, warning = pixel_threshold(header, args.sigma)
         if warning is not None:
             warn(warning)
         self.pixel = None if args.no_masks else pixel
 
 
+@contextmanager
+def _terminate_as_interrupt():
+    """Let SIGTERM end the run as Ctrl-C does, so that it says what it kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_model_option(path):
+    if Path(path).is_dir():
+        raise OptionError(
+            f"--model '{path}' is a folder; expected a model file written by memad fit "
+            "(e.g. model.safetensors)"
+        )
+
+
 def run(args):
     """Score every image named on the command line, a chunk of images at a time."""
+    _check_model_option(args.model)
     pipe, header = _load(args.model, args.device)
     files = find_images(args.inputs)
     detector = model_parts(pipe).detector
     job = _Job(args, files, detector, header)
     # One bar for the whole run instead of one per chunk.
     inner_pipeline(pipe).steps[0][1].set_params(verbose=False)
-    if args.scheduler is None:
-        rows, skipped = _score_all(job, pipe, files, header.get("image_size"), not args.quiet)
-    else:
-        rows, skipped = _score_on_cluster(args, job, pipe, files)
-    report_skipped(skipped)
-    if not rows:
-        raise CommandError(f"no readable image among the {len(files)} given", EXIT_DATA)
-    csv_path = job.out / "scores.csv"
-    _write_csv(csv_path, rows)
-    _summarise(job, pipe, detector, rows, csv_path)
-    return EXIT_OK
+    with ScoresTable(job.out / "scores.csv") as table, _terminate_as_interrupt():
+        try:
+            if args.scheduler is None:
+                _score_all(job, pipe, files, header.get("image_size"), not args.quiet, table)
+            else:
+                _score_on_cluster(args, job, pipe, files, table)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"{len(table.scored) + len(table.failed)} of {len(files)} images done; their "
+                f"rows are in {table.path}"
+            ) from None
+    report_unscored(table.failed, table.path)
+    if not table.scored:
+        raise CommandError(
+            f"no readable image among the {len(files)} given (reasons in {table.path})",
+            EXIT_DATA,
+        )
+    _summarise(job, pipe, detector, table)
+    return EXIT_DATA if table.failed else EXIT_OK

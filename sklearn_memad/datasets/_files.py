@@ -4,6 +4,9 @@ The MVTec loader, the command line and the demo all read files through this modu
 is converted the same way wherever it is read.
 """
 
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,8 @@ __all__ = [
     "ImageFolderError",
     "find_images",
     "image_files",
+    "image_shape",
+    "pillow_pixel_limit",
     "read_images",
     "read_mask",
     "read_rgb",
@@ -29,6 +34,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 #: Errors of reading an image file; such a file is skipped and reported where skipping is right.
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
+# Pillow's guard against decompression bombs is a module-wide setting; it is lifted only
+# while one caller that checks the size itself reads, one at a time.
+_PILLOW_GUARD = threading.Lock()
 
 
 class ImageFolderError(ValueError):
@@ -50,6 +60,9 @@ def image_files(folder, recursive=False):
 
 def find_images(inputs):
     """Image files named by ``inputs``: files, or folders searched recursively.
+
+    A file named twice (given twice, or given and inside a given folder) is listed once, at
+    its first place.
 
     Parameters
     ----------
@@ -79,7 +92,13 @@ def find_images(inputs):
             files.append(path)
         else:
             raise ImageFolderError(f"no such file or folder: '{path}'")
-    return files
+    seen, unique = set(), []
+    for path in files:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
 
 
 def training_files(folder):
@@ -105,7 +124,20 @@ def training_files(folder):
 
 
 def to_rgb(im):
-    """Convert any Pillow mode to 8-bit RGB (greyscale is replicated, alpha dropped)."""
+    """Convert any Pillow mode to 8-bit RGB (greyscale is replicated, alpha dropped).
+
+    A float image (mode ``"F"``, e.g. a float TIFF) is read on the [0, 1] scale of float
+    images; one with values outside it, or NaN, raises a ``ValueError``.
+    """
+    if im.mode == "F":
+        a = np.asarray(im)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
+            raise ValueError(
+                f"a float image (mode 'F') with values in [{lo:.4g}, {hi:.4g}]; float images "
+                "are read on the [0, 1] scale, so convert it to 8 or 16 bits, or to [0, 1]"
+            )
+        im = Image.fromarray(np.rint(a * np.float32(255.0)).astype(np.uint8), mode="L")
     if im.mode.startswith("I"):  # 16/32-bit greyscale (e.g. 16-bit PNG)
         a = np.asarray(im)
         if im.mode.startswith("I;16") or a.max(initial=0) > 255:
@@ -114,14 +146,81 @@ def to_rgb(im):
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def read_rgb(path):
+def pillow_pixel_limit():
+    """The pixel count above which Pillow refuses an image (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+@contextmanager
+def _opened(path, max_pixels):
+    """``Image.open(path)``, refused above ``max_pixels`` pixels (None: Pillow's own guard)."""
+    if max_pixels is None:
+        with Image.open(path) as im:
+            yield im
+        return
+    pillow = pillow_pixel_limit()
+    with _pillow_guard_lifted(pillow is not None and max_pixels > pillow):
+        with warnings.catch_warnings(), Image.open(path) as im:
+            # The explicit limit replaces Pillow's warning as well as its refusal.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pixels = im.width * im.height
+            if pixels > max_pixels:
+                raise Image.DecompressionBombError(
+                    f"{im.width} x {im.height} = {pixels:,} pixels, more than the limit of "
+                    f"{max_pixels:,} (a guard against decompression bombs)"
+                )
+            yield im
+
+
+@contextmanager
+def _pillow_guard_lifted(lift):
+    """Switch Pillow's pixel guard off in the block when ``lift``: the caller checks sizes."""
+    if not lift:
+        yield
+        return
+    with _PILLOW_GUARD:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_rgb(path, max_pixels=None):
     """An image file as an 8-bit RGB Pillow image (greyscale, palette, 16-bit converted).
 
-    Raises one of :data:`READ_ERRORS` when the file cannot be read.
+    Parameters
+    ----------
+    path : path-like
+        The image file.
+    max_pixels : int, default=None
+        Refuse files with more pixels than this (a guard against decompression bombs);
+        None keeps Pillow's own guard (:func:`pillow_pixel_limit`).
+
+    Returns
+    -------
+    image : PIL.Image.Image
+        In mode ``"RGB"``.
+
+    Raises
+    ------
+    Exception
+        One of :data:`READ_ERRORS` when the file cannot be read or is too large.
     """
-    with Image.open(path) as im:
+    with _opened(path, max_pixels) as im:
         im.load()
         return to_rgb(im)
+
+
+def image_shape(path, max_pixels=None):
+    """``(height, width)`` of an image file, read from its header.
+
+    Raises one of :data:`READ_ERRORS` as :func:`read_rgb` does.
+    """
+    with _opened(path, max_pixels) as im:
+        return im.height, im.width
 
 
 def resize_rgb(im, size):
@@ -181,7 +280,7 @@ def read_mask(mask_path, image_path, image_shape, size=None):
     return mask
 
 
-def read_images(paths, size=None, verbose=False, label="reading images"):
+def read_images(paths, size=None, verbose=False, label="reading images", max_pixels=None):
     """Read and resize images; unreadable files are skipped and returned with the reason.
 
     Parameters
@@ -194,6 +293,9 @@ def read_images(paths, size=None, verbose=False, label="reading images"):
         Show a progress bar on standard error.
     label : str, default="reading images"
         The progress bar's label.
+    max_pixels : int, default=None
+        Skip files with more pixels than this; None keeps Pillow's own guard against
+        decompression bombs (:func:`pillow_pixel_limit`).
 
     Returns
     -------
@@ -206,7 +308,7 @@ def read_images(paths, size=None, verbose=False, label="reading images"):
     images, kept, skipped = [], [], []
     for path in progress(paths, verbose, label):
         try:
-            im = read_rgb(path)
+            im = read_rgb(path, max_pixels)
         except READ_ERRORS as exc:
             skipped.append((path, str(exc).split("\n")[0] or type(exc).__name__))
             continue

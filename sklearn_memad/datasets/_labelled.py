@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.utils import Bunch
 
 from ._files import (
@@ -11,6 +10,7 @@ from ._files import (
     READ_ERRORS,
     ImageFolderError,
     image_files,
+    image_shape,
     read_images,
     read_mask,
 )
@@ -110,21 +110,23 @@ def labelled_files(folder):
     )
 
 
-def _image_shape(path):
+def _image_shape(path, max_pixels):
     try:
-        with Image.open(path) as im:
-            return (im.height, im.width)
+        return image_shape(path, max_pixels)
     except READ_ERRORS as exc:
         raise ImageFolderError(f"cannot read the image '{path}': {exc}") from exc
 
 
-def read_labelled(found, size, verbose=False):
+def read_labelled(found, size, verbose=False, max_pixels=None):
     """Read the images of :func:`labelled_files` (and masks) at ``size`` (height, width).
 
     Returns ``(Bunch(images, labels, masks or None, paths), skipped)``; unreadable images
-    are skipped, unless that leaves one class only.
+    (and, as :func:`read_images` says, those of more than ``max_pixels`` pixels) are
+    skipped, unless that leaves one class only.
     """
-    images, kept, skipped = read_images(found.paths, size, verbose, "reading validation images")
+    images, kept, skipped = read_images(
+        found.paths, size, verbose, "reading validation images", max_pixels
+    )
     label_of = dict(zip(found.paths, found.labels))
     labels = np.array([label_of[path] for path in kept], dtype=int)
     n_defective = int(np.count_nonzero(labels == -1))
@@ -139,5 +141,7 @@ def read_labelled(found, size, verbose=False):
         masks = np.zeros(images.shape[:3], dtype=bool)
         for i in np.flatnonzero(labels == -1):
             path = kept[i]
-            masks[i] = read_mask(found.masks[path], path, _image_shape(path), images.shape[1:3])
+            masks[i] = read_mask(
+                found.masks[path], path, _image_shape(path, max_pixels), images.shape[1:3]
+            )
     return Bunch(images=images, labels=labels, masks=masks, paths=kept), skipped

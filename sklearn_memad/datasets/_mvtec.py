@@ -38,10 +38,11 @@ def _read_one(i, path, mask_path, size, images, masks, original):
     with _open(path) as im:
         try:
             im.load()
-        except OSError as exc:
+            rgb = to_rgb(im)
+        except (OSError, ValueError) as exc:  # ValueError: a float image off the [0, 1] scale
             raise ValueError(f"Cannot read the image file '{path}': {exc}") from exc
         original[i] = (im.height, im.width)
-        images[i] = np.asarray(resize_rgb(to_rgb(im), size))
+        images[i] = np.asarray(resize_rgb(rgb, size))
     if mask_path is not None:
         masks[i] = read_mask(mask_path, path, (int(original[i, 0]), int(original[i, 1])), size)
 

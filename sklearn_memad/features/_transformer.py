@@ -13,7 +13,7 @@ from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
 from ..defaults import BATCH_SIZE, FEATURE_BACKBONE, IMAGE_SIZE
 from ..utils.progress import progress
-from ..utils.validation import as_input_grids, check_image_size, check_images
+from ..utils.validation import check_image_layout, check_image_size, check_image_values
 from ._backbones import (
     LayerExtractor,
     build_backbone,
@@ -196,9 +196,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
             Fitted transformer.
         """
         self._check_cheap_params()
-        images = _check_image_layout(X)
-        for _ in _iter_batches(images, self.batch_size):
-            pass  # every value is checked before the (slow) build and any state change
+        images = _checked_images(X)  # before the (slow) build and any state change
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         extractor = self._get_extractor(seed)
@@ -231,7 +229,9 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
             Features of each patch, channels last.
         """
         check_is_fitted(self)
-        images = _check_image_layout(X)
+        # Parameters may have changed since fit (set_params): check them before they are used.
+        self._validate_params()
+        images = _checked_images(X)
         extractor = self._get_extractor(self.init_seed_)
         size = self._target_size(images.shape[1:3])
         grids = None
@@ -303,45 +303,71 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         return cached[1]
 
 
+#: Floats converted at a time when an image is resized: bounds the float copy of a large image.
+_STRIP_ELEMENTS = 1 << 22
+
+
 def _prepare(images, size, extractor):
-    """Float images (n, H, W, 3) in [0, 1] -> normalised NCHW tensor of ``size``."""
-    with torch.inference_mode():
-        tensor = torch.from_numpy(images).to(extractor.device).permute(0, 3, 1, 2)
-        if tuple(tensor.shape[-2:]) != tuple(size):
-            tensor = F.interpolate(
-                tensor, size=size, mode="bilinear", align_corners=False, antialias=True
-            )
-        tensor = (tensor - extractor.mean) / extractor.std
-        return tensor.contiguous(memory_format=torch.channels_last)
+    """Images (n, H, W[, 3]), uint8 or float in [0, 1] -> normalised NCHW tensor of ``size``.
 
-
-def _check_image_layout(X, name="X"):
-    """Check shape and dtype of the whole batch without converting it.
-
-    Values (range, NaN) are checked batch by batch by ``check_images``, so the float copy of
-    a large image set never exists at once.
+    Each image is resized on its own before the batch exists in float, so memory follows the
+    output size, not the input resolution times the batch size.
     """
-    as_input_grids(X, name)
-    images = np.asarray(X)
-    if images.ndim not in (3, 4):
-        raise ValueError(
-            f"{name} must be images of shape (n, H, W, 3) or greyscale (n, H, W); got "
-            f"an array with {images.ndim} dimension(s), shape {images.shape}."
+    with torch.inference_mode():
+        out = torch.empty(
+            (len(images), 3) + tuple(size), dtype=torch.float32, device=extractor.device
         )
-    if images.ndim == 4 and images.shape[-1] != 3:
-        raise ValueError(
-            f"{name} must have 3 colour channels on the last axis (n, H, W, 3); got "
-            f"shape {images.shape} with {images.shape[-1]} channel(s)."
-        )
-    if min(images.shape[:3]) == 0:
-        raise ValueError(f"{name} is empty: shape {images.shape}; expected n, H, W >= 1.")
-    check_images(images[:1, :1, :1], name)  # dtype rules, on one pixel
+        for i, image in enumerate(images):
+            out[i] = _resized(image, size, extractor.device)
+        out.sub_(extractor.mean).div_(extractor.std)
+        return out.contiguous(memory_format=torch.channels_last)
+
+
+def _unit_float(pixels, device):
+    """A (rows, W, c) block of pixels as a float32 (1, c, rows, W) tensor in [0, 1]."""
+    block = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+    block = block.float() / 255.0 if block.dtype == torch.uint8 else block.float()
+    return block.permute(2, 0, 1)[None]
+
+
+def _resized(image, size, device):
+    """One image (H, W[, 3]) as a float32 (3, h, w) tensor in [0, 1], resized to ``size``.
+
+    Antialiased bilinear resizing is separable: the width is resized first, a strip of rows
+    at a time, so only one strip of the full-resolution image is ever in float; the height is
+    then resized on the narrowed image. This is the order of torch's own CPU kernel.
+    """
+    if image.ndim == 2:
+        image = image[..., None]  # greyscale: resized once, replicated at the end
+    height, width, channels = image.shape
+    if (height, width) == tuple(size):
+        out = _unit_float(image, device)
+    else:
+        rows = max(1, _STRIP_ELEMENTS // (channels * width))
+        narrowed = torch.empty((1, channels, height, size[1]), dtype=torch.float32, device=device)
+        for start in range(0, height, rows):
+            strip = _unit_float(image[start : start + rows], device)
+            narrowed[:, :, start : start + rows] = _interpolate(strip, (strip.shape[2], size[1]))
+        out = _interpolate(narrowed, size)
+    return out[0].expand(3, *size)
+
+
+def _interpolate(tensor, size):
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _checked_images(X, name="X"):
+    """Check the shape, dtype and values of the whole batch without converting it."""
+    images = check_image_layout(X, name)
+    check_image_values(images, name)
     return images
 
 
 def _iter_batches(images, batch_size):
     for start in range(0, len(images), batch_size):
-        yield start, check_images(images[start : start + batch_size])
+        yield start, images[start : start + batch_size]
 
 
 def _check_layers(layers, backbone):

@@ -122,6 +122,9 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
             Aggregated grids, same shape as ``X``.
         """
         check_is_fitted(self)
+        # size is read here, not in fit: a set_params since fit must be checked now.
+        self._validate_params()
+        self._check_size()
         return self._aggregate(*check_grids(self, X, reset=False))
 
     def _aggregate(self, grids, was_2d):
@@ -135,17 +138,20 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
                 source, target = read_tensor(grids), torch.from_numpy(out)
                 for start in range(0, n, step):
                     # (n, h, w, d) viewed as NCHW in channels-last layout: no copy in or out.
-                    # count_include_pad=False: the mean of the existing neighbours at the border.
-                    pooled = F.avg_pool2d(
-                        source[start : start + step].permute(0, 3, 1, 2),
-                        self.size,
-                        stride=1,
-                        padding=self.size // 2,
-                        count_include_pad=False,
-                    )
+                    block = source[start : start + step].permute(0, 3, 1, 2)
+                    pooled = self._pool(block)
+                    if not bool(torch.isfinite(pooled).all()):
+                        # The float32 sum of huge finite values overflows; their mean does not.
+                        pooled = self._pool(block.double())
                     target[start : start + step].copy_(pooled.permute(0, 2, 3, 1))
             grids = out
         return grids.reshape(n, -1) if was_2d else grids
+
+    def _pool(self, block):
+        # count_include_pad=False: the mean of the existing neighbours at the border.
+        return F.avg_pool2d(
+            block, self.size, stride=1, padding=self.size // 2, count_include_pad=False
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

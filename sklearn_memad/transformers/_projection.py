@@ -104,9 +104,13 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         with restore_on_error(self):
             grids, was_2d = check_grids(self, X, reset=True)
             self._fit(grids)
-        return self._project(grids, was_2d)
+            return self._project(grids, was_2d)  # its errors must undo the fit too
 
     def _fit(self, grids):
+        if isinstance(self.n_components, bool):  # an Integral to scikit-learn's validation
+            raise TypeError(
+                f"n_components must be an int >= 1, not a bool; got {self.n_components!r}."
+            )
         d = grids.shape[-1]
         if self.method == "channels":
             if self.n_components > d:
@@ -163,6 +167,13 @@ class RandomProjection(TransformerMixin, BaseEstimator):
                 for start in range(0, flat.shape[0], step):
                     rows = flat[start : start + step].double()
                     out[start : start + step] = torch.mm(rows, matrix)
+                finite = bool(torch.isfinite(out).all())
+            if not finite:
+                raise ValueError(
+                    "X holds values so large that their projection exceeds the float32 range "
+                    f"(largest magnitude {float(np.abs(grids).max()):.4g}); expected "
+                    "patch features of moderate size."
+                )
             out = out.numpy().reshape(n, h, w, -1)
         out = np.ascontiguousarray(out, dtype=np.float32)
         return out.reshape(n, -1) if was_2d else out

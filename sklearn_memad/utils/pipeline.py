@@ -7,11 +7,18 @@ threshold of its own. Every module that needs one of these parts asks :func:`mod
 """
 
 from collections import namedtuple
+from contextlib import contextmanager
 
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["ModelParts", "decision_threshold", "is_detector", "model_parts"]
+__all__ = [
+    "ModelParts",
+    "decision_threshold",
+    "is_detector",
+    "model_parts",
+    "restore_steps_on_error",
+]
 
 ModelParts = namedtuple("ModelParts", "pipeline head detector decider")
 ModelParts.__doc__ = """The parts of a model.
@@ -72,3 +79,37 @@ def decision_threshold(model):
         check_is_fitted(parts.detector)
         return float(parts.detector.offset_)
     return float(parts.decider.threshold_)
+
+
+def _estimators(pipeline):
+    """The pipeline and every estimator among its steps, nested pipelines included."""
+    found = [pipeline]
+    for _, step in getattr(pipeline, "steps", []):
+        if step is not None and not isinstance(step, str):
+            found += _estimators(step)
+    return found
+
+
+@contextmanager
+def restore_steps_on_error(pipeline):
+    """Put back ``pipeline`` and all its steps if the block raises.
+
+    Pipeline.fit fits the steps one after the other: when a late step fails, the earlier
+    ones have already been refitted (with new random draws when ``random_state=None``) and
+    no longer match the fitted last step. Fitting code replaces attributes instead of
+    mutating arrays, so shallow copies of each ``__dict__`` (and of the step list, which
+    ``Pipeline(memory=...)`` edits in place) are a complete snapshot.
+    """
+    snapshots = []
+    for estimator in _estimators(pipeline):
+        state = dict(estimator.__dict__)
+        if isinstance(state.get("steps"), list):
+            state["steps"] = list(state["steps"])
+        snapshots.append((estimator, state))
+    try:
+        yield
+    except BaseException:
+        for estimator, state in snapshots:
+            estimator.__dict__.clear()
+            estimator.__dict__.update(state)
+        raise

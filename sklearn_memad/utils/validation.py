@@ -20,7 +20,10 @@ __all__ = [
     "as_input_grids",
     "check_grid_shape",
     "check_grids",
+    "as_image_array",
+    "check_image_layout",
     "check_image_size",
+    "check_image_values",
     "check_images",
     "check_objective_target",
     "restore_on_error",
@@ -79,6 +82,7 @@ def check_grids(estimator, X, *, reset, name="X"):
         True when ``X`` was given as ``(n, d)``; transformers then return 2-D output.
     """
     as_input_grids(X, name)
+    _refuse_complex(X, name)
     ndim = getattr(X, "ndim", None)
     if ndim is None:
         ndim = np.asarray(X, dtype=object).ndim if not hasattr(X, "iloc") else 2
@@ -135,6 +139,15 @@ def check_grids(estimator, X, *, reset, name="X"):
     return grids, False
 
 
+def _refuse_complex(X, name):
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind == "c":
+        # scikit-learn's own message ("Complex data not supported") does not name the argument.
+        raise ValueError(
+            f"Complex data not supported: {name} has dtype {dtype}; expected real patch features."
+        )
+
+
 def _check_finite(array, name):
     """scikit-learn's finiteness check, with its first pass (one sum) summed by torch.
 
@@ -161,8 +174,114 @@ def check_grid_shape(estimator, grids, fitted_shape, name="X"):
         )
 
 
+def as_image_array(X, name="X"):
+    """``X`` as an ndarray, without copying an array; a ragged list is refused.
+
+    A list of images of different shapes cannot be one array: the message names the first
+    image whose shape differs from the first one's.
+    """
+    as_input_grids(X, name)
+    if isinstance(X, (list, tuple)) and len(X) > 1:
+        first = np.shape(X[0]) if _is_array_like(X[0]) else None
+        for i, image in enumerate(X[1:], start=1):
+            shape = np.shape(image) if _is_array_like(image) else None
+            if first is not None and shape is not None and shape != first:
+                raise ValueError(
+                    f"{name} is a list of images of different shapes: {name}[0] has shape "
+                    f"{first} but {name}[{i}] has shape {shape}; resize them to one size "
+                    "first (sklearn_memad.datasets.read_images does) or pass them separately."
+                )
+    try:
+        return np.asarray(X)
+    except ValueError as exc:  # e.g. a ragged nested list
+        raise ValueError(
+            f"{name} cannot be read as an array of images (n, H, W, 3): {exc}"
+        ) from None
+
+
+def _is_array_like(value):
+    try:
+        np.shape(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_image_layout(X, name="X"):
+    """Check the shape and dtype of a batch of images, without converting its values.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, H, W, 3) or (n, H, W)
+        uint8 in [0, 255] or float in [0, 1]; greyscale images are replicated to 3 channels.
+    name : str, default="X"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    images : ndarray of shape (n, H, W, 3) or (n, H, W)
+        ``X`` as an array (no copy of an array); its values are checked by
+        :func:`check_image_values`.
+    """
+    images = as_image_array(X, name)
+    dtype = images.dtype
+    if dtype.kind not in "biufc":  # bool, integers, floats, complex
+        raise TypeError(
+            f"{name} must be a numeric image array (uint8 in [0, 255] or float in [0, 1]); "
+            f"got dtype {dtype}."
+        )
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"{name} has complex dtype {dtype}; expected real images, uint8 in [0, 255] or "
+            "float in [0, 1] (take np.abs or the real part yourself if that is what you mean)."
+        )
+    if dtype.kind in "biu" and dtype != np.uint8:
+        raise TypeError(
+            f"{name} has integer dtype {dtype}; expected uint8 in [0, 255] or float in [0, 1]."
+        )
+    if images.ndim == 3 and images.shape[-1] == 3:
+        # (H, W, 3) would otherwise be read as H greyscale images of width W.
+        raise ValueError(
+            f"{name} has shape {images.shape}: one RGB image without the batch axis. Add the "
+            f"batch axis, {name}[np.newaxis] (shape (1, {images.shape[0]}, "
+            f"{images.shape[1]}, 3)); a batch of greyscale images 3 pixels wide is not "
+            "accepted."
+        )
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"{name} must be images of shape (n, H, W, 3) or greyscale (n, H, W); got "
+            f"an array with {images.ndim} dimension(s), shape {images.shape}."
+        )
+    if images.ndim == 4 and images.shape[-1] != 3:
+        raise ValueError(
+            f"{name} must have 3 colour channels on the last axis (n, H, W, 3); got "
+            f"shape {images.shape} with {images.shape[-1]} channel(s)."
+        )
+    if min(images.shape[:3]) == 0:
+        raise ValueError(f"{name} is empty: shape {images.shape}; expected n, H, W >= 1.")
+    return images
+
+
+def check_image_values(images, name="X"):
+    """Refuse float images that hold NaN, infinity or values outside [0, 1].
+
+    Reads the values without a float copy (a minimum and a maximum), so it costs no memory
+    on large images. uint8 images need no check.
+    """
+    if images.dtype == np.uint8:
+        return
+    lo, hi = images.min(), images.max()  # NaN propagates through both
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or infinity; expected float images in [0, 1].")
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{name} is float with values in [{float(lo):.4g}, {float(hi):.4g}]; expected "
+            "float images in [0, 1] (or uint8 in [0, 255])."
+        )
+
+
 def check_images(X, name="X"):
-    """Validate a batch of images.
+    """Validate a batch of images and convert it to float32 in [0, 1].
 
     Parameters
     ----------
@@ -175,46 +294,13 @@ def check_images(X, name="X"):
     -------
     images : ndarray of shape (n, H, W, 3), float32 in [0, 1]
     """
-    as_input_grids(X, name)
-    images = np.asarray(X)
-    if images.dtype == object or not (
-        np.issubdtype(images.dtype, np.number) or images.dtype == bool
-    ):
-        raise TypeError(
-            f"{name} must be a numeric image array (uint8 in [0, 255] or float in [0, 1]); "
-            f"got dtype {images.dtype}."
-        )
+    images = check_image_layout(X, name)
+    check_image_values(images, name)
     if images.ndim == 3:
         images = np.repeat(images[..., None], 3, axis=-1)
-    elif images.ndim != 4:
-        raise ValueError(
-            f"{name} must be images of shape (n, H, W, 3) or greyscale (n, H, W); got "
-            f"an array with {images.ndim} dimension(s), shape {images.shape}."
-        )
-    if images.shape[-1] != 3:
-        raise ValueError(
-            f"{name} must have 3 colour channels on the last axis (n, H, W, 3); got "
-            f"shape {images.shape} with {images.shape[-1]} channel(s)."
-        )
-    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
-        raise ValueError(f"{name} is empty: shape {images.shape}; expected n, H, W >= 1.")
     if images.dtype == np.uint8:
         return images.astype(np.float32) / np.float32(255.0)
-    if np.issubdtype(images.dtype, np.integer) or images.dtype == bool:
-        raise TypeError(
-            f"{name} has integer dtype {images.dtype}; expected uint8 in [0, 255] or "
-            "float in [0, 1]."
-        )
-    images = images.astype(np.float32, copy=False)
-    if not np.isfinite(images).all():
-        raise ValueError(f"{name} contains NaN or infinity.")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"{name} is float with values in [{lo:.4g}, {hi:.4g}]; expected float images "
-            "in [0, 1] (or uint8 in [0, 255])."
-        )
-    return images
+    return images.astype(np.float32, copy=False)
 
 
 def check_image_size(image_size, name="image_size"):
