@@ -132,20 +132,24 @@ def markdown(rows, meta):
         "them make the shards and batches. Target after `partial_fit`: within [0.5 c, 2 c]. "
         "Calibration "
         "scores: how many `offset_` comes from (each image left out of the final memory), "
-        "and the first and last training image of the sample they score (all of them after "
-        "a plain fit).",
+        "and which training images they score: all (a plain fit), the first and last of a "
+        "reservoir sample, or an even subset of the images DFKDE holds.",
         "",
         "| detector | contamination c | variant | good flagged | in [0.5c, 2c] | defective "
-        "flagged | calibration scores (images) |",
+        "flagged | calibration scores |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lo, hi = r["calibration_images"] or (0, r["n_calibration_scores"] - 1)
+        images = r["calibration_images"]
+        if images is not None:
+            images = f"images {images[0]}-{images[1]}"
+        else:  # a fit's every image, or DFKDE's even subset of the images it holds
+            images = "all" if r["variant"] == "fit" else "held images"
         lines.append(
             f"| {NAMES[r['detector']]} | {r['contamination']:g} | {r['variant']} | "
             f"{r['good_flagged']:.3f} ({round(r['good_flagged'] * r['n_good'])}) | "
             f"{'yes' if r['in_target'] else 'no'} | {r['defective_flagged']:.3f} | "
-            f"{r['n_calibration_scores']} ({lo}-{hi}) |"
+            f"{r['n_calibration_scores']} ({images}) |"
         )
     return "\n".join(lines) + "\n"
 
