@@ -29,6 +29,7 @@ LAYERS = {
     "masks": 3,
     "pipelines": 4,
     "persistence": 4,
+    "export": 4,
     "display": 4,
     "distributed": 4,
     "cli": 5,

@@ -5,7 +5,7 @@ from numbers import Real
 import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import _deprecate_positional_args
+from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
 from ..defaults import CONTAMINATION, PADIM_REG, TOP_K
 from ..utils.chunking import chunk_rows
@@ -252,6 +252,24 @@ class PaDiMDetector(BaseMemoryDetector):
                 "Standardise them, or raise reg."
             ) from None
         return pack_banded(factor.float()).numpy()
+
+    def whitening_matrices(self):
+        """Each position's whitening factor as a dense lower-triangular matrix.
+
+        ``whitening_`` holds them packed band by band; a patch's score at position ``i`` is
+        ``||W[i] (x - mean_[i])||``. Exporters read them dense.
+
+        Returns
+        -------
+        whitening : ndarray of shape (h * w, d, d), float32
+            ``W`` with ``W (C + reg I) W^T = I`` for each position's covariance ``C``.
+        """
+        check_is_fitted(self)
+        self._check_whitening_layout()
+        d = self.mean_.shape[-1]
+        packed = torch.from_numpy(np.ascontiguousarray(self.whitening_))
+        with torch.inference_mode():
+            return unpack_banded(packed, d).numpy()
 
     def _check_whitening_layout(self):
         # A model file written with another packing of whitening_ would score silently wrong.

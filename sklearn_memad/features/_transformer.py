@@ -286,6 +286,22 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         resolve_weights(self.backbone, self.weights)
         return _check_layers(self.layers, self.backbone), _resolve_device(self.device)
 
+    def feature_extractor(self):
+        """The network that computes the fitted transformer's features, built once and cached.
+
+        Exporters (:func:`sklearn_memad.export.to_onnx`) read it to compute exactly these
+        features elsewhere; it is the transformer's own, so copy it before changing it.
+
+        Returns
+        -------
+        extractor : object
+            Its ``model`` (a ``torch.nn.Module`` with batch norms folded into the
+            convolutions), ``layers`` (the layer names whose outputs make the grids) and
+            ``mean`` and ``std`` (the input normalisation, tensors of shape (1, 3, 1, 1)).
+        """
+        check_is_fitted(self)
+        return self._get_extractor(self.init_seed_)
+
     def _get_extractor(self, seed):
         """Return the cached extractor for the current parameters, building it if needed.
 
