@@ -20,6 +20,8 @@ PaDiM                  100 features (a random channel subset), ``reg=0.01``
 PatchCore              3 x 3 local aggregation, ``coreset_ratio="auto"`` (10 % of the
                        training patches, or about 2,500 entries if fewer), 1 neighbour
 DFKDE                  16 features (Gaussian random projection), ``bandwidth="scott"``
+scoring                64 images at a time, end to end (features, projection, detector), so
+                       a pipeline's scoring memory does not grow with the number of images
 =====================  ===================================================================
 """
 
@@ -41,6 +43,7 @@ __all__ = [
     "N_COMPONENTS",
     "N_NEIGHBORS",
     "PADIM_REG",
+    "SCORE_CHUNK",
     "SIGMA",
     "TOP_K",
 ]
@@ -87,3 +90,6 @@ CALIBRATION_SIZE = 2048
 CALIBRATION_IMAGES = 128
 #: Images per chunk when ``memad fit`` streams a folder through the pipeline.
 FIT_CHUNK = 256
+#: Images per chunk when a pipeline scores (``score_samples``, ``decision_function``,
+#: ``predict``, the anomaly maps): features, projection and detector run one chunk at a time.
+SCORE_CHUNK = 64

@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 
+from . import defaults
 from .detectors import image_scores_from_patches
-from .utils.chunking import chunk_rows
+from .features import FeatureTransformer
+from .utils.chunking import check_chunk_size, chunk_rows, sample_chunks, sample_count
 from .utils.pipeline import decision_threshold, model_parts
 from .utils.scores import percentiles, reference_scores
+from .utils.validation import check_image_layout, check_image_values
 
 __all__ = [
     "MAX_SIGMA",
@@ -65,10 +68,18 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
     """
     sigma = check_sigma(sigma)
     patch_maps = np.ascontiguousarray(patch_maps, dtype=np.float32)
-    n, h, w = patch_maps.shape
     height, width = (int(v) for v in output_size)
+    out = np.empty((patch_maps.shape[0], height, width), dtype=np.float32)
+    _pixel_maps_into(patch_maps, out, sigma)
+    return out
+
+
+def _pixel_maps_into(patch_maps, out, sigma):
+    """:func:`patch_to_pixel_maps` of ``patch_maps`` (n, h, w), written into ``out``."""
+    patch_maps = np.ascontiguousarray(patch_maps, dtype=np.float32)
+    n, h, w = patch_maps.shape
+    height, width = out.shape[1:]
     rows, cols = _pixel_operators(h, w, height, width, float(sigma))
-    out = np.empty((n, height, width), dtype=np.float32)
     step = chunk_rows(height * (width + w) * 4)
     with torch.inference_mode():
         for start in range(0, n, step):
@@ -76,7 +87,6 @@ def patch_to_pixel_maps(patch_maps, output_size, sigma=4.0):
             torch.matmul(
                 torch.matmul(rows, block), cols, out=torch.from_numpy(out[start : start + step])
             )
-    return out
 
 
 @lru_cache(maxsize=16)
@@ -111,20 +121,76 @@ def _upsample_and_smooth(size, out_size, sigma):
     return (smooth @ upsample).astype(np.float32)
 
 
+def _chunk_size(parts, chunk_size):
+    """``chunk_size`` if given, else the pipeline's own, else the default."""
+    if chunk_size is None:
+        chunk_size = getattr(parts.pipeline, "chunk_size", defaults.SCORE_CHUNK)
+    return check_chunk_size(chunk_size)
+
+
+def _checked_input(parts, X):
+    """``X``, checked as a whole when the model starts from images.
+
+    The chunks are then slices of the checked batch, so a refusal (a ragged list, a bad
+    shape or value) names the shapes of the whole batch and no chunk can hide one.
+    """
+    first = parts.head
+    while first is not None and hasattr(first, "steps"):
+        first = first.steps[0][1]
+    if not isinstance(first, FeatureTransformer):
+        return X
+    images = check_image_layout(X)
+    check_image_values(images)
+    return images
+
+
+def _patch_scores(parts, chunk):
+    grids = parts.head.transform(chunk) if parts.head is not None else chunk
+    return parts.detector.score_patches(grids)
+
+
+def _maps_and_scores(parts, X, output_size, sigma, chunk_size):
+    """Pixel maps and image anomaly scores of ``X``, the whole model one chunk at a time.
+
+    Only the maps (the result) grow with the number of images; the grids and patch scores
+    of one chunk exist at a time.
+    """
+    sigma = check_sigma(sigma)
+    top_k = parts.detector.top_k
+    n_samples = sample_count(X)
+    if n_samples is None or n_samples <= chunk_size:
+        patch_scores = _patch_scores(parts, X)
+        maps = patch_to_pixel_maps(patch_scores, output_size, sigma)
+        return maps, image_scores_from_patches(patch_scores, top_k)
+    maps = np.empty((n_samples,) + tuple(int(v) for v in output_size), dtype=np.float32)
+    scores = np.empty(n_samples)
+    start = 0
+    for chunk in sample_chunks(X, chunk_size):
+        patch_scores = _patch_scores(parts, chunk)
+        stop = start + len(patch_scores)
+        scores[start:stop] = image_scores_from_patches(patch_scores, top_k)
+        _pixel_maps_into(patch_scores, maps[start:stop], sigma)
+        start = stop
+    return maps, scores
+
+
 @validate_params(
     {
         "estimator": [HasMethods(["fit"])],
         "X": ["array-like"],
         "sigma": [Interval(Real, 0, MAX_SIGMA, closed="both")],
         "output_size": [tuple, list, None],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
     },
     prefer_skip_nested_validation=True,
 )
-def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
+def anomaly_maps(estimator, X, sigma=4.0, output_size=None, *, chunk_size=None):
     """Pixel anomaly maps (higher = more abnormal) from a fitted pipeline or detector.
 
     With a Pipeline that starts from images, ``X`` is the image batch and the maps have its
     resolution. With a bare detector, ``X`` is a batch of grids and ``output_size`` is required.
+    The model runs on ``chunk_size`` images at a time (features, aggregation or projection,
+    detector, maps), so only the maps grow with the number of images.
 
     Parameters
     ----------
@@ -136,6 +202,10 @@ def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
         Gaussian smoothing (pixels of the output) after bilinear upsampling; 0 disables it.
     output_size : tuple of int, default=None
         ``(H, W)`` of the maps; default: the size of the images ``X``.
+    chunk_size : int, default=None
+        Images per chunk; None takes the pipeline's ``chunk_size`` (a
+        :class:`~sklearn_memad.pipelines.DetectorPipeline`'s), else
+        ``sklearn_memad.defaults.SCORE_CHUNK``.
 
     Returns
     -------
@@ -151,9 +221,10 @@ def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
     >>> anomaly_maps(detector, rng.normal(size=(2, 4, 4, 3)), output_size=(32, 32)).shape
     (2, 32, 32)
     """
-    _, head, detector, _ = model_parts(estimator)
+    parts = model_parts(estimator)
+    chunk_size = _chunk_size(parts, chunk_size)
     if output_size is None:
-        if head is None:
+        if parts.head is None:
             raise ValueError(
                 "output_size is required with a bare detector (X holds grids, not images); "
                 "pass output_size=(H, W)."
@@ -166,8 +237,8 @@ def anomaly_maps(estimator, X, sigma=4.0, output_size=None):
         output_size = shape[1:3]
     if len(output_size) != 2 or not all(isinstance(v, Integral) and v > 0 for v in output_size):
         raise ValueError(f"output_size must be two positive integers (H, W); got {output_size}.")
-    grids = head.transform(X) if head is not None else X
-    return patch_to_pixel_maps(detector.score_patches(grids), output_size, sigma)
+    X = _checked_input(parts, X)
+    return _maps_and_scores(parts, X, output_size, sigma, chunk_size)[0]
 
 
 def anomaly_map_range(detector):
@@ -196,7 +267,7 @@ def anomaly_map_range(detector):
     return vmin, vmin + max(3 * (q3 - q1), abs(vmin) * 0.1, 1e-6)
 
 
-def predict_anomaly_maps(estimator, X, *, sigma=4.0):
+def predict_anomaly_maps(estimator, X, *, sigma=4.0, chunk_size=None):
     """Pixel anomaly maps, image anomaly scores and labels from one pass over the backbone.
 
     The maps and scores come from the detector at the end of ``estimator``; the decision
@@ -204,7 +275,8 @@ def predict_anomaly_maps(estimator, X, *, sigma=4.0):
     :class:`~sklearn_memad.thresholds.ThresholdedDetector`'s ``threshold_`` when the
     pipeline is wrapped in one (or ends with one), else the detector's own ``offset_``.
     Everything agrees with the estimator's ``score_samples``, ``decision_function`` and
-    ``predict``.
+    ``predict``. The model runs on ``chunk_size`` images at a time (features, aggregation or
+    projection, detector, maps), so only the results grow with the number of images.
 
     Parameters
     ----------
@@ -215,6 +287,10 @@ def predict_anomaly_maps(estimator, X, *, sigma=4.0):
         Images.
     sigma : float in [0, 1000], default=4.0
         Gaussian smoothing of the maps (pixels).
+    chunk_size : int, default=None
+        Images per chunk; None takes the pipeline's ``chunk_size`` (a
+        :class:`~sklearn_memad.pipelines.DetectorPipeline`'s), else
+        ``sklearn_memad.defaults.SCORE_CHUNK``.
 
     Returns
     -------
@@ -247,18 +323,17 @@ def predict_anomaly_maps(estimator, X, *, sigma=4.0):
     True
     """
     sigma = check_sigma(sigma)  # before the backbone runs
-    _, head, detector, _ = model_parts(estimator)
-    images = np.asarray(X)
-    grids = head.transform(images) if head is not None else images
-    patch_scores = detector.score_patches(grids)
-    scores = image_scores_from_patches(patch_scores, detector.top_k)
+    parts = model_parts(estimator)
+    chunk_size = _chunk_size(parts, chunk_size)
+    images = np.asarray(_checked_input(parts, X))
+    maps, scores = _maps_and_scores(parts, images, images.shape[1:3], sigma, chunk_size)
     threshold = decision_threshold(estimator)
     decision = -scores - threshold
     vmin, vmax = anomaly_map_range(estimator)
     return Bunch(
-        maps=patch_to_pixel_maps(patch_scores, images.shape[1:3], sigma),
+        maps=maps,
         scores=scores,
-        percentiles=percentiles(reference_scores(detector), scores),
+        percentiles=percentiles(reference_scores(parts.detector), scores),
         threshold=-threshold,
         decision=decision,
         labels=np.where(decision < 0, -1, 1),

@@ -18,15 +18,20 @@ Model files moved to :mod:`sklearn_memad.persistence`; ``save_model``, ``load_mo
 import os
 from numbers import Integral, Real
 
+import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
 
 from . import defaults
 from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector, auto_coreset_ratio
 from .features import FeatureTransformer
 from .transformers import LocalAggregation, RandomProjection
+from .utils.chunking import check_chunk_size, sample_chunks, sample_count
 from .utils.deprecation import moved_names
 from .utils.pipeline import restore_steps_on_error
+from .utils.validation import check_image_layout, check_image_values
 
 __all__ = [
     "METHODS",
@@ -48,15 +53,33 @@ __getattr__ = moved_names(
 )
 
 
+def _final_step_has(method):
+    """``available_if`` check, as ``Pipeline``'s own: the final step has ``method``."""
+
+    def check(pipeline):
+        getattr(pipeline.steps[-1][1], method)  # its AttributeError says what is missing
+        return True
+
+    return check
+
+
 class DetectorPipeline(Pipeline):
-    """A :class:`~sklearn.pipeline.Pipeline` whose failed fit leaves it exactly as it was.
+    """A :class:`~sklearn.pipeline.Pipeline` that scores in bounded memory and fits safely.
+
+    ``score_samples``, ``decision_function`` and ``predict`` run the whole pipeline
+    (features, aggregation or projection, detector) on ``chunk_size`` images at a time, so
+    the grids of only one chunk exist at once and scoring memory does not grow with the
+    number of images. The results are those of ``Pipeline``, which transforms all the
+    images before the detector sees any (to float rounding: every image is scored on its
+    own, but a matrix product over fewer rows may round differently). ``fit``
+    and ``transform`` take all the images at once, as in ``Pipeline``.
 
     ``Pipeline.fit`` fits the steps in turn, so when the detector at the end refuses the data
     (too few images, labels of the wrong length...), the feature and projection steps before
     it have already been refitted, with new random weights, channels or projections when
     ``random_state=None``, and no longer match the detector's memory. This pipeline puts
     every step back when ``fit`` or ``fit_predict`` raises. It is what
-    :func:`make_detector_pipeline` returns; its parameters are ``Pipeline``'s.
+    :func:`make_detector_pipeline` returns.
 
     Parameters
     ----------
@@ -68,10 +91,15 @@ class DetectorPipeline(Pipeline):
         As in :class:`~sklearn.pipeline.Pipeline`.
     verbose : bool, default=False
         As in :class:`~sklearn.pipeline.Pipeline`.
+    chunk_size : int, default=64
+        Images scored per chunk, end to end. Smaller chunks hold less memory; a multiple of
+        the feature step's ``batch_size`` keeps the backbone's batches full. Scoring with
+        metadata (``**params``) is not chunked.
 
     See Also
     --------
     make_detector_pipeline : The standard pipelines, built as this class.
+    sklearn_memad.maps.predict_anomaly_maps : Maps, scores and labels, by the same chunks.
 
     Examples
     --------
@@ -88,7 +116,27 @@ class DetectorPipeline(Pipeline):
     ...     pass
     >>> pipe[0].init_seed_ == seed
     True
+    >>> scores = pipe.score_samples(images)
+    >>> bool(np.allclose(pipe.set_params(chunk_size=4).score_samples(images), scores))
+    True
     """
+
+    _parameter_constraints = {
+        **Pipeline._parameter_constraints,
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        steps,
+        *,
+        transform_input=None,
+        memory=None,
+        verbose=False,
+        chunk_size=defaults.SCORE_CHUNK,
+    ):
+        super().__init__(steps, transform_input=transform_input, memory=memory, verbose=verbose)
+        self.chunk_size = chunk_size
 
     def fit(self, X, y=None, **params):
         """Fit the steps as ``Pipeline.fit`` does; on failure, restore every step.
@@ -130,6 +178,86 @@ class DetectorPipeline(Pipeline):
         with restore_steps_on_error(self):
             return super().fit_predict(X, y, **params)
 
+    @available_if(_final_step_has("score_samples"))
+    def score_samples(self, X):
+        """Image normality scores (lower = more abnormal), ``chunk_size`` images at a time.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W, 3) or (n, H, W)
+            Images (or what the first step takes).
+
+        Returns
+        -------
+        scores : ndarray of shape (n,)
+            The detector's ``score_samples`` of each image.
+        """
+        return self._score_in_chunks("score_samples", X, {})
+
+    @available_if(_final_step_has("decision_function"))
+    def decision_function(self, X, **params):
+        """``score_samples(X)`` minus the detector's ``offset_``, by chunks of images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W, 3) or (n, H, W)
+            Images (or what the first step takes).
+        **params : dict
+            Passed as in ``Pipeline.decision_function`` (then all images at once).
+
+        Returns
+        -------
+        decision : ndarray of shape (n,)
+            Negative for anomalies.
+        """
+        return self._score_in_chunks("decision_function", X, params)
+
+    @available_if(_final_step_has("predict"))
+    def predict(self, X, **params):
+        """Label each image +1 (normal) or -1 (anomaly), by chunks of images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W, 3) or (n, H, W)
+            Images (or what the first step takes).
+        **params : dict
+            Passed as in ``Pipeline.predict`` (then all images at once).
+
+        Returns
+        -------
+        labels : ndarray of shape (n,)
+            +1 normal, -1 anomaly.
+        """
+        return self._score_in_chunks("predict", X, params)
+
+    def _validate_params(self):
+        super()._validate_params()
+        # scikit-learn's Interval(Integral, ...) lets a bool through as 0 or 1.
+        check_chunk_size(self.chunk_size)
+
+    def _score_in_chunks(self, method, X, params):
+        """``Pipeline``'s ``method`` on each chunk of ``X``, the results end to end."""
+        whole = getattr(super(), method)
+        chunks = None if params else self._chunks(X)
+        if chunks is None:
+            return whole(X, **params)
+        return np.concatenate([whole(chunk) for chunk in chunks])
+
+    def _chunks(self, X):
+        """``X`` in chunks of ``chunk_size`` samples; None to pass it whole."""
+        check_is_fitted(self)
+        self._validate_params()  # set_params may have changed chunk_size
+        n_samples = sample_count(X)
+        if n_samples is None or n_samples <= self.chunk_size:
+            return None
+        if isinstance(self.steps[0][1], FeatureTransformer):
+            # The whole batch is checked as the unchunked pipeline checks it, so a refusal
+            # (a ragged list, a bad shape or value) names the same shapes and is not missed
+            # by chunks that each look fine.
+            X = check_image_layout(X)
+            check_image_values(X)
+        return sample_chunks(X, self.chunk_size)
+
 
 @validate_params(
     {
@@ -143,6 +271,7 @@ class DetectorPipeline(Pipeline):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -161,6 +290,7 @@ def make_detector_pipeline(
     n_neighbors=defaults.N_NEIGHBORS,
     contamination=defaults.CONTAMINATION,
     batch_size=defaults.BATCH_SIZE,
+    chunk_size=defaults.SCORE_CHUNK,
     device="cpu",
     random_state=0,
     verbose=False,
@@ -192,6 +322,10 @@ def make_detector_pipeline(
         Sets the detector's ``offset_`` (see the detectors).
     batch_size : int, default=16
         Images per backbone forward pass.
+    chunk_size : int, default=64
+        Images scored per chunk, end to end: bounds the memory of ``score_samples``,
+        ``decision_function``, ``predict`` and the anomaly maps (see
+        :class:`DetectorPipeline`).
     device : str, default="cpu"
         Torch device of the backbone (``"auto"`` picks CUDA when available).
     random_state : int, RandomState instance or None, default=0
@@ -254,7 +388,8 @@ def make_detector_pipeline(
         detector = DFKDEDetector(contamination=contamination)
     steps = [features, middle, detector]
     return DetectorPipeline(
-        [(type(step).__name__.lower(), step) for step in steps if step is not None]
+        [(type(step).__name__.lower(), step) for step in steps if step is not None],
+        chunk_size=check_chunk_size(chunk_size),
     )
 
 

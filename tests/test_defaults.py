@@ -20,7 +20,7 @@ from sklearn_memad import (
     defaults,
 )
 from sklearn_memad.cli import build_parser
-from sklearn_memad.pipelines import make_detector_pipeline
+from sklearn_memad.pipelines import DetectorPipeline, make_detector_pipeline
 
 ESTIMATORS = [
     DFKDEDetector,
@@ -56,6 +56,8 @@ def test_standard_pipelines_use_the_detectors_defaults(method):
     assert features.layers is None
     assert features.image_size == defaults.IMAGE_SIZE
     assert features.batch_size == defaults.BATCH_SIZE
+    assert pipe.chunk_size == DetectorPipeline([("d", detector)]).chunk_size
+    assert pipe.chunk_size == defaults.SCORE_CHUNK
     bare = type(detector)()
     for name in ("contamination", "top_k", "reg", "bandwidth", "coreset_ratio", "n_neighbors"):
         if hasattr(bare, name):
@@ -105,7 +107,7 @@ def _documented_defaults(obj):
 
 
 @pytest.mark.parametrize(
-    "obj", ESTIMATORS + [make_detector_pipeline], ids=lambda obj: obj.__name__
+    "obj", ESTIMATORS + [DetectorPipeline, make_detector_pipeline], ids=lambda obj: obj.__name__
 )
 def test_docstrings_state_the_real_defaults(obj):
     signature = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import defaults
 from ..datasets import READ_ERRORS, find_images, folder_labels, mask_name, read_images, read_rgb
 from ..display import compose_panels, score_caption
 from ..distributed import score_samples as score_on_cluster
@@ -37,8 +38,8 @@ from .outputs import ScoresTable, choose_output_folder, output_names, relative_s
 
 __all__ = ["run"]
 
-# Images scored per chunk: bounds memory on large folders.
-SCORE_CHUNK = 64
+# Images read and scored per chunk: bounds memory on large folders.
+SCORE_CHUNK = defaults.SCORE_CHUNK
 # Overlays keep the image's aspect ratio, at most this many pixels on the longer side.
 OVERLAY_MAX_SIDE = 1024
 

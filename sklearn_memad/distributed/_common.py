@@ -2,13 +2,13 @@
 
 import os
 import warnings
-from numbers import Integral
 
 import numpy as np
 from sklearn.pipeline import Pipeline
 
 from ..datasets import ImageFolderError, read_images
 from ..detectors import BaseMemoryDetector
+from ..utils.chunking import check_chunk_size
 from ..utils.validation import check_image_size
 
 __all__ = [
@@ -59,11 +59,6 @@ def check_pipeline(pipeline, name="pipeline"):
             f"{type(pipeline).__name__}."
         )
     return pipeline.steps[-1][1]
-
-
-def check_chunk_size(chunk_size):
-    if not isinstance(chunk_size, Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
 
 
 def image_size(pipeline):

@@ -17,7 +17,7 @@ from ._common import check_chunk_size, check_client, image_size, read_batches, r
 __all__ = ["SCORE_CHUNK", "score_samples"]
 
 #: Images a scoring task reads and scores at once.
-SCORE_CHUNK = 64
+SCORE_CHUNK = defaults.SCORE_CHUNK
 
 
 # --------------------------------------------------------------------------- scoring
