@@ -21,7 +21,6 @@ Example::
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from merge_quality import (  # noqa: E402  (the same data, detectors and fitting
     cached_grids,
     label,
     load_average,
-    machine,
+    run_meta,
     standard_detector,
 )
 
@@ -96,12 +95,7 @@ def main(argv=None):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = {
-        "command": "python benchmarks/calibration_stream.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "load_start": load_start,
-        "load_end": load_average(),
+        **run_meta("calibration_stream", argv, load_start),
         "data": str(args.data),
         "order": "sorted file names"
         if args.shuffle is None

@@ -17,7 +17,6 @@ Example::
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from merge_quality import (  # noqa: E402  (the same data and detector)
     DEFAULT_DATA,
     cached_grids,
     load_average,
-    machine,
+    run_meta,
     standard_detector,
 )
 
@@ -85,12 +84,7 @@ def main(argv=None):
             rows.append(row)
             print(json.dumps(row), flush=True)
     meta = {
-        "command": "python benchmarks/merge_oversample.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "load_start": load_start,
-        "load_end": load_average(),
+        **run_meta("merge_oversample", argv, load_start),
     }
     out = HERE / "results"
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -447,6 +447,18 @@ def _spread(values, fmt):
     return f"{mean} ({low}, {high})"
 
 
+def run_meta(script, argv, load_start):
+    """What every results file records: the command, the machine, the date, the load."""
+    return {
+        "command": f"python benchmarks/{script}.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "load_start": load_start,
+        "load_end": load_average(),
+    }
+
+
 def machine():
     return (
         f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
@@ -471,12 +483,7 @@ def main(argv=None):
         infos[method] = info
     info = next(iter(infos.values()))
     meta = {
-        "command": "python benchmarks/merge_quality.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "load_start": load_start,
-        "load_end": load_average(),
+        **run_meta("merge_quality", argv, load_start),
         "data": str(args.data),
         "n_train": info["n_train"],
         "n_test": info["n_test"],
