@@ -30,7 +30,8 @@ from .features import FeatureTransformer
 from .transformers import LocalAggregation, RandomProjection
 from .utils.chunking import check_chunk_size, sample_chunks, sample_count
 from .utils.deprecation import moved_names
-from .utils.pipeline import restore_steps_on_error
+from .utils.devices import resolve_device
+from .utils.pipeline import every_estimator, restore_steps_on_error
 from .utils.validation import check_image_layout, check_image_values
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "auto_coreset_ratio",
     "make_detector_pipeline",
     "partial_fit",
+    "set_device",
 ]
 
 #: The detectors of the standard pipelines.
@@ -327,7 +329,8 @@ def make_detector_pipeline(
         ``decision_function``, ``predict`` and the anomaly maps (see
         :class:`DetectorPipeline`).
     device : str, default="cpu"
-        Torch device of the backbone (``"auto"`` picks CUDA when available).
+        Torch device of every step: the backbone, the aggregation or projection and the
+        detector (``"auto"`` picks CUDA when available). See :func:`set_device`.
     random_state : int, RandomState instance or None, default=0
         Seeds a random backbone (``weights=None``), the projections and the coreset.
     verbose : bool, default=False
@@ -367,30 +370,72 @@ def make_detector_pipeline(
     if method == "patchcore":
         # Not in place (copy=False): a sub-pipeline fitted on shared grids, as the demo does
         # with pipe[1:], would overwrite the grids the other detectors then read.
-        middle = LocalAggregation(size=defaults.AGGREGATION_SIZE)
+        middle = LocalAggregation(size=defaults.AGGREGATION_SIZE, device=device)
         detector = PatchCoreDetector(
             coreset_ratio=coreset_ratio,
             n_neighbors=n_neighbors,
             contamination=contamination,
             random_state=random_state,
             verbose=verbose,
+            device=device,
         )
     elif method == "padim":
         middle = None
-        detector = PaDiMDetector(contamination=contamination)
+        detector = PaDiMDetector(contamination=contamination, device=device)
     else:
         # A kernel density needs few dimensions to mean anything; a Gaussian projection
         # keeps them best.
         middle = RandomProjection(
             n_components=n_components or defaults.N_COMPONENTS[method],
             random_state=random_state,
+            device=device,
         )
-        detector = DFKDEDetector(contamination=contamination)
+        detector = DFKDEDetector(contamination=contamination, device=device)
     steps = [features, middle, detector]
     return DetectorPipeline(
         [(type(step).__name__.lower(), step) for step in steps if step is not None],
         chunk_size=check_chunk_size(chunk_size),
     )
+
+
+def set_device(model, device):
+    """Run every step of ``model`` on one torch device, fitted or not.
+
+    Sets the ``device`` parameter of each estimator in ``model`` that has one: the
+    backbone, the aggregation or projection and the detector, inside pipelines and
+    wrappers such as :class:`~sklearn_memad.thresholds.ThresholdedDetector`. Fitted
+    attributes stay NumPy arrays, so a model fitted on a GPU scores on a CPU and the
+    other way round; a detector copies its memory to a new device once, on first use.
+
+    Parameters
+    ----------
+    model : estimator
+        A pipeline, a detector, or a wrapper around either.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or ``"auto"`` (CUDA when available).
+
+    Returns
+    -------
+    model : estimator
+        The same object.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a torch device, or one this machine lacks.
+
+    Examples
+    --------
+    >>> from sklearn_memad.pipelines import make_detector_pipeline, set_device
+    >>> pipe = set_device(make_detector_pipeline(weights=None), "cpu")
+    >>> sorted({step.device for _, step in pipe.steps})
+    ['cpu']
+    """
+    resolve_device(device)
+    for estimator in every_estimator(model):
+        if "device" in estimator.get_params(deep=False):
+            estimator.set_params(device=device)
+    return model
 
 
 def partial_fit(pipeline, X, y=None):

@@ -19,6 +19,7 @@ from ..features import FeatureTransformer
 from ..maps import predict_anomaly_maps
 from ..metrics import image_auroc
 from ..persistence import ModelFileError, inner_pipeline, load_model
+from ..pipelines import set_device
 from ..utils.chunking import chunked
 from ..utils.pipeline import model_parts
 from ..utils.progress import progress
@@ -58,7 +59,10 @@ def _load(path, device):
             EXIT_MODEL,
         )
     if device is not None:
-        pipeline.steps[0][1].set_params(device=device)
+        try:
+            set_device(pipe, device)
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from exc
     return pipe, header
 
 

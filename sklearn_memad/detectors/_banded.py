@@ -86,7 +86,7 @@ def _stored_window(packed, band):
 def pack_banded(factor):
     """``(m, d, d)`` lower-triangular tensor -> ``(m, d (d + 1) / 2)``, band by band."""
     m, d, _ = factor.shape
-    packed = torch.zeros((m, d * (d + 1) // 2), dtype=factor.dtype)
+    packed = torch.zeros((m, d * (d + 1) // 2), dtype=factor.dtype, device=factor.device)
     for band in band_layout(d):
         a, b = band.a, band.b
         packed[:, band.dense] = factor[:, a:b, :a].reshape(m, -1)
@@ -101,7 +101,7 @@ def pack_banded(factor):
 def unpack_banded(packed, d):
     """Inverse of :func:`pack_banded`: ``(m, d, d)`` with zeros above the diagonal."""
     m = packed.shape[0]
-    factor = torch.zeros((m, d, d), dtype=packed.dtype)
+    factor = torch.zeros((m, d, d), dtype=packed.dtype, device=packed.device)
     for band in band_layout(d):
         a, b = band.a, band.b
         factor[:, a:b, :a] = packed[:, band.dense].view(m, b - a, a)
@@ -115,16 +115,16 @@ def unpack_banded(packed, d):
 class BandedProduct:
     """Squared norms ``|W c|^2`` of banded factors, blocks of up to ``rows`` at a time."""
 
-    def __init__(self, d, rows, dtype=torch.float32):
+    def __init__(self, d, rows, dtype=torch.float32, device=None):
         self.bands = band_layout(d)
         self._tiles, self._masks = {}, {}
         for band in self.bands:
             width = band.b - band.a
             if width not in self._tiles:
-                self._tiles[width] = torch.empty((rows, width, width), dtype=dtype)
+                self._tiles[width] = torch.empty((rows, width, width), dtype=dtype, device=device)
             key = (width, band.transposed)
             if key not in self._masks:
-                lower = torch.ones((width, width), dtype=dtype).tril_()
+                lower = torch.ones((width, width), dtype=dtype, device=device).tril_()
                 # A transposed band is masked as stored (upper) and read transposed: masking a
                 # transposed view is much slower.
                 self._masks[key] = lower.T.contiguous() if band.transposed else lower

@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..defaults import CALIBRATION_IMAGES, CALIBRATION_SIZE
+from ..utils.devices import DeviceArrays, resolve_device
 from ..utils.reservoir import reservoir_indices
 from ..utils.tensors import read_tensor
 from ..utils.validation import check_grid_shape, check_grids, restore_on_error
@@ -89,6 +90,7 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "top_k": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
     }
 
     # ----------------------------------------------------------------- fitting
@@ -252,6 +254,24 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             q1, q3 = np.percentile(train_scores, [25, 75])
             return float(q1 - _TUKEY_FENCE * (q3 - q1))
         return float(np.percentile(train_scores, 100.0 * self.contamination))
+
+    # ----------------------------------------------------------------- devices
+    def _device(self):
+        """The torch device the memory is built and searched on (``device``)."""
+        return resolve_device(self.device)
+
+    def _on_device(self, name, device):
+        """The fitted array ``name`` as a tensor on ``device``, moved there once."""
+        held = self.__dict__.get("_device_arrays")
+        if held is None:
+            held = self._device_arrays = DeviceArrays()
+        return held.get(name, getattr(self, name), device)
+
+    def __getstate__(self):
+        # Device copies of fitted arrays are rebuilt on first use, never saved.
+        state = dict(super().__getstate__())
+        state.pop("_device_arrays", None)
+        return state
 
     # ----------------------------------------------------------------- scoring
     def _validated_grids(self, X):

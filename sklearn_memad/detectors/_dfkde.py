@@ -10,6 +10,7 @@ from sklearn.utils.validation import _deprecate_positional_args
 
 from ..defaults import CALIBRATION_IMAGES, CONTAMINATION, DFKDE_BANDWIDTH, TOP_K
 from ..utils.chunking import chunk_rows
+from ..utils.devices import to_device, to_host
 from ..utils.reservoir import reservoir_indices
 from ._base import BaseMemoryDetector
 
@@ -47,6 +48,11 @@ class DFKDEDetector(BaseMemoryDetector):
         keeps them all (the memory grows with every image).
     random_state : int, RandomState instance or None, default=None
         Seeds the reservoir of ``max_samples``.
+    device : str, default="cpu"
+        Torch device that sums the kernels: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or
+        ``"auto"`` (CUDA when available). The fitted attributes stay NumPy arrays; the kept
+        samples are copied to the device once, on first use. The device must support
+        float64 (CUDA does).
 
     Attributes
     ----------
@@ -121,12 +127,14 @@ class DFKDEDetector(BaseMemoryDetector):
         top_k=TOP_K,
         max_samples=None,
         random_state=None,
+        device="cpu",
     ):
         self.bandwidth = bandwidth
         self.contamination = contamination
         self.top_k = top_k
         self.max_samples = max_samples
         self.random_state = random_state
+        self.device = device
 
     def _fit_memory(self, grids):
         samples, kept = self._reservoir(None, _by_position(grids), 0)
@@ -237,23 +245,25 @@ class DFKDEDetector(BaseMemoryDetector):
         # Blocks of positions (their training features in float64) times blocks of images.
         image_step = min(n, 64)
         position_step = chunk_rows(n_train * (d + image_step) * 8)
+        device = self._device()
+        kept = self._on_device("features_", device)
         with torch.inference_mode():
             for p0 in range(0, positions, position_step):
                 p1 = min(p0 + position_step, positions)
-                features = torch.from_numpy(self.features_[p0:p1]).double()
+                features = kept[p0:p1].double()
                 train_sq = features.square().sum(dim=2)[:, None, :]
                 for start in range(0, n, image_step):
                     stop = min(start + image_step, n)
-                    block = torch.from_numpy(queries[p0:p1, start:stop]).double()
+                    block = to_device(queries[p0:p1, start:stop], device).double()
                     sq = torch.baddbmm(train_sq, block, features.transpose(1, 2), alpha=-2.0)
                     sq += block.square().sum(dim=2, keepdim=True)
                     sq.clamp_(min=0.0)
                     if own_slots is not None:
                         rows = np.flatnonzero(own_slots[start:stop] >= 0)
                         slots = own_slots[start:stop][rows]
-                        sq[:, torch.from_numpy(rows), torch.from_numpy(slots)] = torch.inf
+                        sq[:, to_device(rows, device), to_device(slots, device)] = torch.inf
                     log_mean_kernel = torch.logsumexp(sq.mul_(-1.0 / two_var), dim=2)
-                    out[p0:p1, start:stop] = log_norm[p0:p1, start:stop] - log_mean_kernel.numpy()
+                    out[p0:p1, start:stop] = log_norm[p0:p1, start:stop] - to_host(log_mean_kernel)
         return out.T.reshape(n, h, w)
 
 

@@ -9,6 +9,7 @@ from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
 from ..defaults import CONTAMINATION, PADIM_REG, TOP_K
 from ..utils.chunking import chunk_rows
+from ..utils.devices import to_device, to_host
 from ..utils.tensors import read_tensor
 from ._banded import BAND, LAYOUT, BandedProduct, pack_banded, unpack_banded
 from ._base import BaseMemoryDetector
@@ -47,6 +48,11 @@ class PaDiMDetector(BaseMemoryDetector):
         ``partial_fit`` still works within one session (it keeps them until the model is
         saved) and continues a model fitted by :meth:`fit` from its Gaussians, up to float32
         rounding.
+    device : str, default="cpu"
+        Torch device that estimates, factorises and scores on: ``"cpu"``, ``"cuda"``,
+        ``"cuda:<index>"`` or ``"auto"`` (CUDA when available). The fitted attributes stay
+        NumPy arrays; the mean and whitening factors are copied to the device once, on first
+        use. The device must support float64 (CUDA does).
 
     Attributes
     ----------
@@ -111,12 +117,19 @@ class PaDiMDetector(BaseMemoryDetector):
 
     @_deprecate_positional_args(version="0.3")
     def __init__(
-        self, *, reg=PADIM_REG, contamination=CONTAMINATION, top_k=TOP_K, keep_statistics=False
+        self,
+        *,
+        reg=PADIM_REG,
+        contamination=CONTAMINATION,
+        top_k=TOP_K,
+        keep_statistics=False,
+        device="cpu",
     ):
         self.reg = reg
         self.contamination = contamination
         self.top_k = top_k
         self.keep_statistics = keep_statistics
+        self.device = device
 
     # ----------------------------------------------------------------- fitting
     def _fit_memory(self, grids):
@@ -128,21 +141,24 @@ class PaDiMDetector(BaseMemoryDetector):
         # Without statistics to keep, a fitted model holds just mean_ and whitening_, and
         # each block of positions is whitened straight from data.
         n, h, w, d = grids.shape
+        device = self._device()
         flat = grids.reshape(n, h * w, d)
-        # torch's float32 mean sums pairwise, so it is as accurate here as numpy's slower
-        # float64 mean; the model keeps float32 means anyway.
-        mean = read_tensor(flat).mean(dim=0).numpy()
         self.grid_shape_ = (h, w)
+        mean = np.empty((h * w, d), dtype=np.float32)
         whitening = np.empty((h * w, d * (d + 1) // 2), dtype=np.float32)
         # 32 MiB blocks keep the halved factorisations near the cache.
         step = chunk_rows((n * d + 3 * d * d) * 8, budget=32 << 20)
         with torch.inference_mode():
             for start in range(0, h * w, step):
                 stop = min(start + step, h * w)
+                block = to_device(flat[:, start:stop], device).transpose(0, 1)
+                # torch's float32 mean sums pairwise, so it is as accurate here as numpy's
+                # slower float64 mean; the model keeps float32 means anyway.
+                block_mean = block.mean(dim=1)
+                mean[start:stop] = to_host(block_mean)
                 # Centred data is summed in float32 (faster, and the distances stay close to
                 # those of a float64 sum) and factorised in float64.
-                block = read_tensor(flat[:, start:stop]).transpose(0, 1)
-                centred = block - torch.from_numpy(mean[start:stop])[:, None, :]
+                centred = block - block_mean[:, None, :]
                 scatter = torch.bmm(centred.transpose(1, 2), centred).double()
                 try:
                     whitening[start:stop] = self._packed_whitening(scatter.div_(n - 1))
@@ -157,7 +173,7 @@ class PaDiMDetector(BaseMemoryDetector):
         # A memory that will grow keeps its sufficient statistics from the first batch, and a
         # sample of its images to calibrate on.
         self.grid_shape_ = tuple(grids.shape[1:3])
-        self._statistics = _batch_statistics(grids)
+        self._statistics = _batch_statistics(grids, self._device())
         self._drop_calibration_set()
         self._keep_for_calibration(grids, first_image=0)
         self._finalize()
@@ -178,7 +194,7 @@ class PaDiMDetector(BaseMemoryDetector):
         if statistics is None:  # fitted by fit without keep_statistics, or loaded without them
             statistics = self._statistics_from_model()
             self._drop_calibration_set()  # the reservoir restarts with the images to come
-        self._statistics = _combined(statistics, _batch_statistics(grids))
+        self._statistics = _combined(statistics, _batch_statistics(grids, self._device()))
         self._finalize()
 
     def _merge_memories(self, detectors, random_state):
@@ -229,12 +245,13 @@ class PaDiMDetector(BaseMemoryDetector):
                 f"PaDiMDetector needs at least {self._min_images} normal samples; got {n} so far."
             )
         d = mean.shape[1]
+        device = self._device()
         whitening = np.empty((mean.shape[0], d * (d + 1) // 2), dtype=np.float32)
         step = chunk_rows(3 * d * d * 8)
         for start in range(0, mean.shape[0], step):
             cov = scatter[start : start + step] / (n - 1)
             with torch.inference_mode():
-                whitening[start : start + step] = self._packed_whitening(torch.from_numpy(cov))
+                whitening[start : start + step] = self._packed_whitening(to_device(cov, device))
         self._set_model(mean, whitening)
 
     def _packed_whitening(self, cov):
@@ -251,7 +268,7 @@ class PaDiMDetector(BaseMemoryDetector):
                 " added: its features are too far apart for PaDiM's float arithmetic. "
                 "Standardise them, or raise reg."
             ) from None
-        return pack_banded(factor.float()).numpy()
+        return to_host(pack_banded(factor.float()))
 
     def whitening_matrices(self):
         """Each position's whitening factor as a dense lower-triangular matrix.
@@ -290,25 +307,27 @@ class PaDiMDetector(BaseMemoryDetector):
         """Squared Mahalanobis distances ``(n, h, w)``, in blocks of positions."""
         self._check_whitening_layout()
         n, h, w, d = grids.shape
-        flat = read_tensor(grids.reshape(n, h * w, d))
-        mean = read_tensor(self.mean_.reshape(h * w, d))
-        packed = read_tensor(self.whitening_)
-        out = torch.empty((h * w, n), dtype=torch.float32)
+        device = self._device()
+        flat = grids.reshape(n, h * w, d)
+        mean = self._on_device("mean_", device).view(h * w, d)
+        packed = self._on_device("whitening_", device)
+        out = torch.empty((h * w, n), dtype=torch.float32, device=device)
         # A block's residuals and unpacked diagonal tiles within 8 MiB, so they stay near the
         # cache (the factors are read once, as stored).
         step = chunk_rows((d * n + d * BAND) * 4, budget=8 << 20)
         step = min(step, h * w)
-        product = BandedProduct(d, step)
-        residuals = torch.empty((n, step, d), dtype=torch.float32)
+        product = BandedProduct(d, step, device=device)
+        residuals = torch.empty((n, step, d), dtype=torch.float32, device=device)
         with torch.inference_mode():
             for start in range(0, h * w, step):
                 stop = min(start + step, h * w)
                 centred = residuals[:, : stop - start]
-                torch.sub(flat[:, start:stop], mean[start:stop], out=centred)
+                block = to_device(flat[:, start:stop], device)
+                torch.sub(block, mean[start:stop], out=centred)
                 # (positions, d, n): each position's residuals as columns, a permuted view
                 # that the batched products read as a transposed operand.
                 product.sq_norms(packed[start:stop], centred.permute(1, 2, 0), out[start:stop])
-        return out.T.numpy().astype(np.float64).reshape(n, h, w)
+        return to_host(out).T.astype(np.float64).reshape(n, h, w)
 
     def _score_patches(self, grids):
         return np.sqrt(self._squared_distances(grids))
@@ -326,7 +345,7 @@ class PaDiMDetector(BaseMemoryDetector):
         return np.sqrt(held_out)
 
 
-def _batch_statistics(grids):
+def _batch_statistics(grids, device):
     """``(count, mean, scatter)`` per position of a batch, in float64."""
     n, h, w, d = grids.shape
     flat = grids.reshape(n, h * w, d)
@@ -337,9 +356,9 @@ def _batch_statistics(grids):
         for start in range(0, h * w, step):
             stop = min(start + step, h * w)
             # (positions, images, d): one batched product per position.
-            block = read_tensor(flat[:, start:stop]).transpose(0, 1).double()
-            block = block - torch.from_numpy(mean[start:stop])[:, None, :]
-            scatter[start:stop] = torch.bmm(block.transpose(1, 2), block).numpy()
+            block = to_device(flat[:, start:stop], device).transpose(0, 1).double()
+            block = block - to_device(mean[start:stop], device)[:, None, :]
+            scatter[start:stop] = to_host(torch.bmm(block.transpose(1, 2), block))
     return n, mean, scatter
 
 

@@ -104,6 +104,11 @@ class PatchCoreDetector(BaseMemoryDetector):
         again from the images added after loading.
     verbose : bool, default=False
         Show a progress bar during coreset selection.
+    device : str, default="cpu"
+        Torch device of coreset selection and exact nearest-neighbour search: ``"cpu"``,
+        ``"cuda"``, ``"cuda:<index>"`` or ``"auto"`` (CUDA when available). The fitted
+        attributes stay NumPy arrays; the coreset is copied to the device once, on first use.
+        ``search="approximate"`` runs on the CPU.
 
     Attributes
     ----------
@@ -202,6 +207,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         random_state=None,
         keep_calibration=False,
         verbose=False,
+        device="cpu",
     ):
         self.coreset_ratio = coreset_ratio
         self.n_neighbors = n_neighbors
@@ -212,6 +218,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         self.random_state = random_state
         self.keep_calibration = keep_calibration
         self.verbose = verbose
+        self.device = device
 
     def _fit_memory(self, grids):
         n, h, w, d = grids.shape
@@ -243,7 +250,8 @@ class PatchCoreDetector(BaseMemoryDetector):
 
     def _select(self, bank, patches_per_image, rng):
         """The coreset of one bank: entries, their source images, radii, and the selection."""
-        points = project_for_coreset(bank, self.projection_dim, rng)
+        device = self._device()
+        points = project_for_coreset(bank, self.projection_dim, rng, device)
         selected, owner, cover_sq = greedy_coreset(
             points,
             self._target_size(bank.shape[0]),
@@ -251,6 +259,7 @@ class PatchCoreDetector(BaseMemoryDetector):
             random_state=rng,
             verbose=self.verbose,
             return_cover=True,
+            device=device,
         )
         entries = np.ascontiguousarray(bank[selected])
         sources = (selected // patches_per_image).astype(np.int32)
@@ -343,8 +352,16 @@ class PatchCoreDetector(BaseMemoryDetector):
     def _searcher(self):
         """k-NN search over the coreset, built on first use and never pickled."""
         searcher = self.__dict__.get("_search_cache")
-        if searcher is None or searcher.bank is not self.coreset_:
-            searcher = NearestNeighborSearch(self.coreset_, self.search, self.index_seed_)
+        device = self._device()
+        if (
+            searcher is None
+            or searcher.bank is not self.coreset_
+            or searcher.method != self.search
+            or searcher.device != device
+        ):
+            searcher = NearestNeighborSearch(
+                self.coreset_, self.search, self.index_seed_, device=device
+            )
             self._search_cache = searcher
         return searcher
 
@@ -417,14 +434,16 @@ class PatchCoreDetector(BaseMemoryDetector):
         if spares is not None:
             pool = np.concatenate([queries, spares])
             pool_source = np.concatenate([source, self._spare_sources.astype(source.dtype)])
+        device = self._device()
         both = project_for_coreset(
             np.concatenate([pool, self.coreset_]),
             self.projection_dim,
             check_random_state(self.random_state),
+            device,
         )
         pool_points, entry_points = both[: pool.shape[0]], both[pool.shape[0] :]
         owner = np.empty(pool.shape[0], dtype=np.intp)
-        entries = NearestNeighborSearch(entry_points)
+        entries = NearestNeighborSearch(entry_points, device=device)
         step = chunk_rows(entry_points.shape[1] * 4 + 16)
         for start in range(0, pool.shape[0], step):
             owner[start : start + step] = entries.kneighbors(pool_points[start : start + step], 1)[
@@ -455,7 +474,7 @@ class PatchCoreDetector(BaseMemoryDetector):
             return neighbours
         # Distance (in the selection's space) of each orphan to the nearest entry of another
         # image than the one whose entry covers it.
-        entries = NearestNeighborSearch(entry_points)
+        entries = NearestNeighborSearch(entry_points, device=self._device())
         gap = np.empty(orphans.size, dtype=np.float32)
         step = chunk_rows(points.shape[1] * 4 + 16)
         for start in range(0, orphans.size, step):

@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
 from ..defaults import BATCH_SIZE, FEATURE_BACKBONE, IMAGE_SIZE
+from ..utils.devices import resolve_device
 from ..utils.progress import progress
 from ..utils.validation import check_image_layout, check_image_size, check_image_values
 from ._backbones import (
@@ -284,7 +285,7 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         check_backbone_name(self.backbone)
         check_image_size(self.image_size)
         resolve_weights(self.backbone, self.weights)
-        return _check_layers(self.layers, self.backbone), _resolve_device(self.device)
+        return _check_layers(self.layers, self.backbone), resolve_device(self.device)
 
     def feature_extractor(self):
         """The network that computes the fitted transformer's features, built once and cached.
@@ -404,21 +405,3 @@ def _check_layers(layers, backbone):
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers must not repeat a name; got {layers!r}.")
     return layers
-
-
-def _resolve_device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"device={device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:<index>' "
-            "or 'auto'."
-        ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto' "
-            "(set_params(device='cpu') also works on a fitted or reloaded estimator)."
-        )
-    return resolved

@@ -16,6 +16,8 @@ import torch
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
+from ..utils import devices
+from ..utils.devices import to_device, to_host
 from ..utils.progress import progress
 
 __all__ = ["greedy_coreset", "project_for_coreset"]
@@ -31,8 +33,12 @@ _LOOK_AHEAD = 32
 _BLOCK_ROWS = 256
 
 
-def project_for_coreset(features, projection_dim, random_state):
-    """Seeded Gaussian projection used only to measure distances during selection."""
+def project_for_coreset(features, projection_dim, random_state, device=None):
+    """Seeded Gaussian projection used only to measure distances during selection.
+
+    The products run on ``device`` (a ``torch.device``) when it is not the CPU; the
+    projected rows come back as a NumPy array.
+    """
     features = np.asarray(features, dtype=np.float32)
     d = features.shape[1]
     if projection_dim is None or projection_dim >= d:
@@ -42,8 +48,16 @@ def project_for_coreset(features, projection_dim, random_state):
     matrix /= np.float32(np.sqrt(projection_dim))
     out = np.empty((features.shape[0], projection_dim), dtype=np.float32)
     step = max(1, (1 << 24) // max(d, 1))  # ~64 MiB of input rows per product
+    on_device = device is not None and devices.is_accelerator(device)
+    if on_device:
+        matrix = to_device(matrix, device)
     for start in range(0, features.shape[0], step):
-        np.matmul(features[start : start + step], matrix, out=out[start : start + step])
+        rows = features[start : start + step]
+        if on_device:
+            with torch.inference_mode():
+                out[start : start + step] = to_host(to_device(rows, device) @ matrix)
+        else:
+            np.matmul(rows, matrix, out=out[start : start + step])
     return out
 
 
@@ -55,6 +69,7 @@ def greedy_coreset(
     random_state=None,
     verbose=False,
     return_cover=False,
+    device=None,
 ):
     """Select ``n_select`` rows of ``features`` by greedy k-center.
 
@@ -73,6 +88,10 @@ def greedy_coreset(
         Show a progress bar.
     return_cover : bool, default=False
         Also return which entry covers each row and how far it is.
+    device : torch.device, default=None
+        Where the selection runs. On the CPU (the default), the pruned selection above; on
+        another device, the plain one (every row measured at every step, all on the device),
+        which selects the same rows up to float rounding of near-ties.
 
     Returns
     -------
@@ -91,11 +110,19 @@ def greedy_coreset(
         if return_cover:
             return everything, everything.astype(np.int32), np.zeros(n_samples, np.float32)
         return everything
-    points = project_for_coreset(features, projection_dim, rng)
+    points = project_for_coreset(features, projection_dim, rng, device)
+    first = rng.randint(n_samples)
+    if device is not None and devices.is_accelerator(device):
+        selected, owner, nearest_sq = dense_greedy_coreset(
+            to_device(points, device), n_select, first, verbose
+        )
+        if return_cover:
+            return selected, owner, nearest_sq
+        return selected
     sq_norms = np.einsum("ij,ij->i", points, points)
 
     selected = np.empty(n_select, dtype=np.intp)
-    selected[0] = rng.randint(n_samples)
+    selected[0] = first
     centres = np.empty((n_select, points.shape[1]), dtype=np.float32)
     centres[0] = points[selected[0]]
     centre_sq = np.empty(n_select, dtype=np.float32)
@@ -152,6 +179,53 @@ def greedy_coreset(
     if return_cover:
         return selected, owner.astype(np.int32), nearest_sq
     return selected
+
+
+def dense_greedy_coreset(points, n_select, first, verbose=False):
+    """Greedy k-center measuring every row at every step, all in torch on ``points``' device.
+
+    The steps are queued without a round trip to the host (the farthest row is found and
+    used on the device), so an accelerator runs them back to back: on one, this beats the
+    pruned selection, whose bookkeeping is what makes it fast on a CPU.
+
+    Parameters
+    ----------
+    points : torch.Tensor of shape (n_samples, d), float32
+    n_select : int
+        Number of entries to keep, at most ``n_samples``.
+    first : int
+        Row of the first entry.
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_select,)
+        Selected rows, in selection order.
+    owner : ndarray of shape (n_samples,), int32
+        Position in ``indices`` of each row's nearest entry.
+    cover_sq : ndarray of shape (n_samples,), float32
+        Squared distance of each row to that entry.
+    """
+    device = points.device
+    with torch.inference_mode():
+        sq_norms = points.square().sum(dim=1)
+        selected = torch.empty(n_select, dtype=torch.long, device=device)
+        owner = torch.zeros(points.shape[0], dtype=torch.int32, device=device)
+        new = torch.tensor([first], device=device)
+        nearest_sq = torch.full_like(sq_norms, torch.inf)
+        for step in progress(range(n_select), verbose, "coreset"):
+            # index_select with a one-element tensor: indexing by a tensor scalar would read
+            # it back to the host and wait for the device at every step.
+            selected[step : step + 1] = new
+            centre = torch.index_select(points, 0, new)[0]
+            sq = torch.mv(points, centre).mul_(-2.0).add_(sq_norms)
+            sq.add_(torch.index_select(sq_norms, 0, new)).clamp_(min=0.0)
+            closer = sq < nearest_sq
+            torch.where(closer, sq, nearest_sq, out=nearest_sq)
+            owner.masked_fill_(closer, step)
+            new = torch.argmax(nearest_sq).view(1)
+        return to_host(selected).astype(np.intp), to_host(owner), to_host(nearest_sq)
 
 
 def _n_ahead(n_rows):

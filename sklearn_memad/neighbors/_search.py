@@ -3,11 +3,16 @@
 import numpy as np
 import torch
 
+from ..utils import devices
+from ..utils.devices import to_device, to_host
+
 __all__ = ["NearestNeighborSearch"]
 
 # Bytes of the distance block held at once by the exact search: small enough to stay near the
 # cache.
 _BLOCK_BYTES = 8 << 20
+# On an accelerator, whose memory is wide and whose launches cost more than a cache miss.
+_DEVICE_BLOCK_BYTES = 256 << 20
 
 
 class NearestNeighborSearch:
@@ -23,21 +28,36 @@ class NearestNeighborSearch:
     method : {"exact", "approximate"}
     random_state : int or None
         Seed of the approximate index.
+    device : torch.device or None
+        Where the exact search runs (the CPU by default); the bank is copied there once.
+        The approximate search runs on the CPU.
     """
 
-    def __init__(self, bank, method="exact", random_state=None):
+    def __init__(self, bank, method="exact", random_state=None, device=None):
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.method = method
         self.random_state = random_state
+        self.device = torch.device("cpu") if device is None else device
         self._bank_sq = np.einsum("ij,ij->i", self.bank, self.bank)
         self._index = None
+        self._on_device = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_index"] = (
-            None  # rebuilt on first use: cheap to rebuild, bulky and fragile to pickle
-        )
+        # Rebuilt on first use: the index is cheap to rebuild, bulky and fragile to pickle,
+        # and a device copy of the bank belongs to this process.
+        state["_index"] = None
+        state["_on_device"] = None
         return state
+
+    def _device_bank(self):
+        """The bank and its squared norms on the search's device, copied there once."""
+        if self._on_device is None:
+            self._on_device = (
+                to_device(self.bank, self.device),
+                to_device(self._bank_sq, self.device),
+            )
+        return self._on_device
 
     def kneighbors(self, queries, n_neighbors, exclude=None):
         """Distances and indices of the ``n_neighbors`` nearest bank rows, nearest first.
@@ -82,22 +102,30 @@ class NearestNeighborSearch:
         n, d = queries.shape
         distances = np.empty((n, k), dtype=np.float32)
         indices = np.empty((n, k), dtype=np.int64)
-        bank = torch.from_numpy(self.bank)
-        bank_sq = torch.from_numpy(self._bank_sq)
+        device = self.device
+        bank, bank_sq = self._device_bank()
         step = max(1, _BLOCK_BYTES // (4 * max(self.bank.shape[0], k * d, 1)))
+        if devices.is_accelerator(device):
+            # An accelerator wants fewer, larger products; the block stays bounded.
+            step = max(step, _DEVICE_BLOCK_BYTES // (4 * max(self.bank.shape[0], k * d, 1)))
         if exclude is not None:
             excluded = _GroupMembers(*exclude)
         with torch.inference_mode():
             # One buffer for every block: fresh pages would add their first-touch cost to each.
-            buffer = torch.empty((min(step, n), self.bank.shape[0]), dtype=torch.float32)
+            buffer = torch.empty(
+                (min(step, n), self.bank.shape[0]), dtype=torch.float32, device=device
+            )
             for start in range(0, n, step):
-                block = torch.from_numpy(queries[start : start + step])
+                block = to_device(queries[start : start + step], device)
                 # The expanded form finds the candidates fast; it loses precision when
                 # distances are small next to the norms, so the k winners are measured again.
                 sq = torch.addmm(bank_sq, block, bank.T, alpha=-2.0, out=buffer[: len(block)])
                 if exclude is not None:
                     rows, cols = excluded.pairs(start, start + block.shape[0])
-                    sq.index_put_((rows, cols), torch.tensor(float("inf")))
+                    sq.index_put_(
+                        (rows.to(device), cols.to(device)),
+                        torch.tensor(float("inf"), device=device),
+                    )
                 if k == 1:  # min with indices is faster than argmin here
                     nearest = sq.min(dim=1, keepdim=True).indices
                 else:
@@ -106,8 +134,8 @@ class NearestNeighborSearch:
                 if exclude is not None:
                     exact_sq.masked_fill_(torch.isinf(sq.gather(1, nearest)), float("inf"))
                 exact_sq, order = torch.sort(exact_sq, dim=1, stable=True)
-                indices[start : start + step] = nearest.gather(1, order).numpy()
-                distances[start : start + step] = exact_sq.sqrt_().numpy()
+                indices[start : start + step] = to_host(nearest.gather(1, order))
+                distances[start : start + step] = to_host(exact_sq.sqrt_())
         return distances, indices
 
     def _approximate(self, queries, k):
@@ -161,8 +189,9 @@ def _exact_sq(bank, queries, nearest):
     longer than the distance product itself.
     """
     k, d = nearest.shape[1], bank.shape[1]
-    step = max(1, (4 << 20) // (4 * k * d))
-    out = torch.empty(nearest.shape, dtype=bank.dtype)
+    budget = (64 << 20) if devices.is_accelerator(bank.device) else (4 << 20)
+    step = max(1, budget // (4 * k * d))
+    out = torch.empty(nearest.shape, dtype=bank.dtype, device=bank.device)
     for start in range(0, queries.shape[0], step):
         rows = slice(start, start + step)
         diff = torch.index_select(bank, 0, nearest[rows].reshape(-1)).view(-1, k, d)

@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
 from ..defaults import AGGREGATION_SIZE
-from ..utils.tensors import read_tensor
+from ..utils.devices import resolve_device, to_device
 from ..utils.validation import check_grids, restore_on_error
 
 # Work memory of one chunk of images.
@@ -32,6 +32,9 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         array: the input is overwritten and returned, so memory holds one grid set instead
         of two. Only for grids nothing else reads (not grids shared by several detectors).
         Otherwise a new array is returned.
+    device : str, default="cpu"
+        Torch device that averages: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or ``"auto"``
+        (CUDA when available). Grids come in and go out as NumPy arrays either way.
 
     Attributes
     ----------
@@ -55,12 +58,14 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "size": [Interval(Integral, 1, None, closed="left")],
         "copy": ["boolean"],
+        "device": [str],
     }
 
     @_deprecate_positional_args(version="0.3")
-    def __init__(self, *, size=AGGREGATION_SIZE, copy=True):
+    def __init__(self, *, size=AGGREGATION_SIZE, copy=True, device="cpu"):
         self.size = size
         self.copy = copy
+        self.device = device
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -78,7 +83,7 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         self : object
             Fitted transformer.
         """
-        self._check_size()
+        self._check_params()
         with restore_on_error(self):
             check_grids(self, X, reset=True)
         return self
@@ -99,14 +104,15 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         grids : ndarray of shape (n, h, w, d) or (n, d), float32
             Aggregated grids, same shape as ``X``.
         """
-        self._check_size()
+        self._check_params()
         with restore_on_error(self):
             grids, was_2d = check_grids(self, X, reset=True)
         return self._aggregate(grids, was_2d)
 
-    def _check_size(self):
+    def _check_params(self):
         if self.size % 2 == 0:
             raise ValueError(f"size must be an odd integer >= 1; got size={self.size}.")
+        resolve_device(self.device)  # so that fit refuses what transform would
 
     def transform(self, X):
         """Replace each patch feature by the mean over its neighbourhood.
@@ -124,7 +130,7 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         # size is read here, not in fit: a set_params since fit must be checked now.
         self._validate_params()
-        self._check_size()
+        self._check_params()
         return self._aggregate(*check_grids(self, X, reset=False))
 
     def _aggregate(self, grids, was_2d):
@@ -133,12 +139,13 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
             # Images are aggregated independently, a few at a time, so the result can be
             # written over the input (copy=False) with one chunk of work memory.
             out = grids if not self.copy and grids.flags.writeable else np.empty_like(grids)
+            device = resolve_device(self.device)
             step = max(1, _CHUNK_BYTES // (h * w * d * grids.itemsize))
             with torch.inference_mode():
-                source, target = read_tensor(grids), torch.from_numpy(out)
+                target = torch.from_numpy(out)
                 for start in range(0, n, step):
                     # (n, h, w, d) viewed as NCHW in channels-last layout: no copy in or out.
-                    block = source[start : start + step].permute(0, 3, 1, 2)
+                    block = to_device(grids[start : start + step], device).permute(0, 3, 1, 2)
                     pooled = self._pool(block)
                     if not bool(torch.isfinite(pooled).all()):
                         # The float32 sum of huge finite values overflows; their mean does not.

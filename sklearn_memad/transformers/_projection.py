@@ -11,6 +11,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
+from ..utils.devices import resolve_device, to_device
 from ..utils.validation import check_grids, restore_on_error
 
 
@@ -28,6 +29,10 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         Kind of projection.
     random_state : int, RandomState instance or None, default=None
         Seed of the projection; the same seed gives the same projection.
+    device : str, default="cpu"
+        Torch device that projects (``"gaussian"``, ``"sparse"``): ``"cpu"``, ``"cuda"``,
+        ``"cuda:<index>"`` or ``"auto"`` (CUDA when available). Grids come in and go out as
+        NumPy arrays either way.
 
     Attributes
     ----------
@@ -57,13 +62,15 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "method": [StrOptions({"gaussian", "sparse", "channels"})],
         "random_state": ["random_state"],
+        "device": [str],
     }
 
     @_deprecate_positional_args(version="0.3")
-    def __init__(self, *, n_components=100, method="gaussian", random_state=None):
+    def __init__(self, *, n_components=100, method="gaussian", random_state=None, device="cpu"):
         self.n_components = n_components
         self.method = method
         self.random_state = random_state
+        self.device = device
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -107,6 +114,7 @@ class RandomProjection(TransformerMixin, BaseEstimator):
             return self._project(grids, was_2d)  # its errors must undo the fit too
 
     def _fit(self, grids):
+        resolve_device(self.device)  # so that fit refuses what transform would
         if isinstance(self.n_components, bool):  # an Integral to scikit-learn's validation
             raise TypeError(
                 f"n_components must be an int >= 1, not a bool; got {self.n_components!r}."
@@ -159,14 +167,15 @@ class RandomProjection(TransformerMixin, BaseEstimator):
             components = self.projection_.components_
             if scipy.sparse.issparse(components):
                 components = components.toarray()
-            flat = torch.from_numpy(grids.reshape(-1, d))
-            matrix = torch.from_numpy(np.asarray(components, np.float64)).T
+            device = resolve_device(self.device)
+            flat = grids.reshape(-1, d)
+            matrix = to_device(np.asarray(components, np.float64), device).T
             out = torch.empty((flat.shape[0], matrix.shape[1]), dtype=torch.float32)
             step = max(1, (4 << 20) // (8 * d))  # 4 MiB of float64 rows at a time
             with torch.inference_mode():
                 for start in range(0, flat.shape[0], step):
-                    rows = flat[start : start + step].double()
-                    out[start : start + step] = torch.mm(rows, matrix)
+                    rows = to_device(flat[start : start + step], device).double()
+                    out[start : start + step] = torch.mm(rows, matrix).cpu()
                 finite = bool(torch.isfinite(out).all())
             if not finite:
                 raise ValueError(

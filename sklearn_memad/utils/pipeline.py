@@ -81,6 +81,20 @@ def decision_threshold(model):
     return float(parts.decider.threshold_)
 
 
+def every_estimator(model):
+    """``model`` and every estimator inside it: pipeline steps, nested pipelines, and the
+    ``estimator`` and fitted ``estimator_`` of wrappers."""
+    found = [model]
+    for _, step in getattr(model, "steps", None) or []:
+        if step is not None and not isinstance(step, str):
+            found += every_estimator(step)
+    for name in ("estimator", "estimator_"):
+        inner = vars(model).get(name) if hasattr(model, "__dict__") else None
+        if inner is not None and hasattr(inner, "get_params"):
+            found += every_estimator(inner)
+    return found
+
+
 def _estimators(pipeline):
     """The pipeline and every estimator among its steps, nested pipelines included."""
     found = [pipeline]
