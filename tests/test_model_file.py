@@ -317,6 +317,26 @@ def test_pickles_are_refused_without_being_unpickled(kind, pipelines, tmp_path):
     assert not marker.exists()
 
 
+def test_a_model_file_whose_header_length_looks_like_a_pickle_loads(tmp_path):
+    # safetensors opens with the header's length: 0x0580 bytes reads as b"\x80\x05", the
+    # opening of a protocol-5 pickle.
+    detector = PatchCoreDetector(coreset_ratio=0.5, random_state=0).fit(_grids(4))
+    path = tmp_path / "model.safetensors"
+
+    def opening(note):
+        save_model(detector, path, note=note)
+        return path.read_bytes()[:2]
+
+    base = int.from_bytes(path.read_bytes()[:8], "little") if opening("") else 0
+    target = next(t for t in (0x280, 0x380, 0x480, 0x580, 0x10280) if t > base + 16)
+    notes = ("x" * (target - base + shift) for shift in range(-16, 17))
+    assert any(opening(note) == bytes([0x80, (target >> 8) & 0xFF]) for note in notes)
+    np.testing.assert_array_equal(
+        load_model(path).score_samples(_grids(2, 1)), detector.score_samples(_grids(2, 1))
+    )
+    assert read_model_info(path)["note"].startswith("x")
+
+
 def test_loading_never_unpickles(pipelines, tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors"
     save_model(pipelines["dfkde"], path)

@@ -41,6 +41,11 @@ def _refuse_other_formats(path):
     """Name what the file is when it cannot be a safetensors file, before parsing it."""
     with open(path, "rb") as handle:
         start = handle.read(9)
+    # A safetensors file opens with the header's length (8 bytes) and the header's '{'. The
+    # length's bytes can look like a pickle's or a compressor's opening, so this comes first;
+    # a file that only looks like one is then parsed as JSON, which runs nothing.
+    if start[8:9] == b"{":
+        return
     if start.startswith(_PICKLE):
         raise ModelFileError(
             f"'{path}' is a pickle (such as a model file of an earlier sklearn_memad, written "
@@ -53,11 +58,9 @@ def _refuse_other_formats(path):
                 f"'{path}' is a {name}-compressed file (such as a compressed joblib pickle), "
                 f"not a sklearn_memad model file; it was not opened. {_ADVICE}"
             )
-    # A safetensors file opens with the header's length (8 bytes) and the header's '{'.
-    if start[8:9] != b"{":
-        raise ModelFileError(
-            f"'{path}' is not a sklearn_memad model file (it is not a safetensors file). {_ADVICE}"
-        )
+    raise ModelFileError(
+        f"'{path}' is not a sklearn_memad model file (it is not a safetensors file). {_ADVICE}"
+    )
 
 
 @contextlib.contextmanager
