@@ -15,11 +15,13 @@ code  meaning
 4     model: the model file is missing, is not a sklearn_memad model, or comes from an
       incompatible version
 5     setup: backbone weights or an optional package are not available on this machine
+6     ``monitor``: an alarm, the scores drifted from the model's normal ones
 130   interrupted (Ctrl-C, or SIGTERM during ``score``)
 ====  ========================================================================================
 """
 
 __all__ = [
+    "EXIT_ALARM",
     "EXIT_DATA",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
@@ -38,13 +40,14 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_MODEL = 4
 EXIT_SETUP = 5
+EXIT_ALARM = 6
 EXIT_INTERRUPTED = 130
 
 #: One line for ``--help``.
 SUMMARY = (
     "Exit codes: 0 ok, 1 internal error, 2 usage, 3 data (paths, images; score: an image "
     "without a verdict), 4 model file, "
-    "5 setup (weights or packages missing), 130 interrupted."
+    "5 setup (weights or packages missing), 6 monitor: drift alarm, 130 interrupted."
 )
 
 

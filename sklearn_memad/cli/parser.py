@@ -1,4 +1,4 @@
-"""The ``memad`` command line's parser: argument types, option groups, the three commands."""
+"""The ``memad`` command line's parser: argument types, option groups, the commands."""
 
 import argparse
 import math
@@ -7,7 +7,7 @@ from .. import __version__, defaults
 from ..datasets import pillow_pixel_limit
 from ..maps import MAX_SIGMA
 from ..pipelines import METHODS
-from . import demo, fit, score
+from . import demo, fit, monitor, score
 from .exit_codes import SUMMARY
 
 __all__ = ["MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE", "build_parser"]
@@ -319,6 +319,47 @@ def _add_score(commands):
     parser.set_defaults(run=score.run)
 
 
+def unit_interval(text):
+    """A probability strictly between 0 and 0.5."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5); got {text!r}")
+    return value
+
+
+def _add_monitor(commands):
+    parser = commands.add_parser(
+        "monitor",
+        help="check production scores for drift from the model's normal ones",
+        description="Compare the anomaly scores of production images (the score column of "
+        "memad score's scores.csv, in the order the images were taken) with the model's "
+        "out-of-sample training scores: a Kolmogorov-Smirnov test per block of --window "
+        "scores and a CUSUM of their percentiles. Prints the state; exits 6 on an alarm.",
+    )
+    parser.add_argument("--model", required=True, metavar="FILE", help="model file")
+    parser.add_argument("scores", metavar="SCORES_CSV", help="a CSV file with a score column")
+    parser.add_argument(
+        "--window", type=positive_int, default=50, help="scores per KS block (default 50)"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=unit_interval,
+        default=0.001,
+        help="false-alarm chance of each KS block (default 0.001)",
+    )
+    parser.add_argument(
+        "--run-length",
+        type=positive_int,
+        default=10_000,
+        help="normal images per false alarm of the CUSUM, on average (default 10000)",
+    )
+    parser.set_defaults(run=monitor.run)
+    _add_common_options(parser)
+
+
 def _add_demo(commands):
     parser = commands.add_parser(
         "demo",
@@ -358,5 +399,6 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_fit(commands)
     _add_score(commands)
+    _add_monitor(commands)
     _add_demo(commands)
     return parser
