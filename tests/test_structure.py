@@ -27,6 +27,7 @@ LAYERS = {
     "model_selection": 3,
     "thresholds": 3,
     "monitoring": 3,
+    "explain": 3,
     "masks": 3,
     "pipelines": 4,
     "categories": 4,

@@ -12,7 +12,7 @@ from ..defaults import CALIBRATION_IMAGES, CONTAMINATION, DFKDE_BANDWIDTH, TOP_K
 from ..utils.chunking import chunk_rows
 from ..utils.devices import to_device, to_host
 from ..utils.reservoir import reservoir_indices
-from ._base import BaseMemoryDetector
+from ._base import BaseMemoryDetector, image_offsets
 
 __all__ = ["DFKDEDetector"]
 
@@ -59,6 +59,9 @@ class DFKDEDetector(BaseMemoryDetector):
     features_ : ndarray of shape (h * w, n_kept, d), float32
         Standardised training features per position (of every training image, or of the
         ``max_samples`` the reservoir keeps).
+    sample_source_ : ndarray of shape (n_kept,), int64
+        The training image each kept sample comes from, in the order the images were given
+        to :meth:`fit` or :meth:`partial_fit` (used for explanations).
     mean_ : ndarray of shape (h * w, d), float32
         Per-position feature means.
     scale_ : ndarray of shape (h * w, d), float32
@@ -142,14 +145,19 @@ class DFKDEDetector(BaseMemoryDetector):
         slots = np.full(grids.shape[0], -1)
         slots[kept] = np.arange(kept.size)
         self._own_slots = slots
-        self._set_samples(samples)
+        self._set_samples(samples, kept)
 
     def _grow_memory(self, grids):
-        samples, _ = self._reservoir(self._samples(), _by_position(grids), self.n_samples_seen_)
-        self._set_samples(samples)
+        samples, kept = self._reservoir(self._samples(), _by_position(grids), self.n_samples_seen_)
+        new_images = self.n_samples_seen_ + np.arange(grids.shape[0])
+        self._set_samples(samples, _sources(self, new_images)[kept])
 
     def _merge_memories(self, detectors, random_state):
         samples = np.concatenate([detector._samples() for detector in detectors], axis=1)
+        offsets = image_offsets(detectors)
+        sources = np.concatenate(
+            [_sources(d, np.empty(0, np.int64)) + offset for d, offset in zip(detectors, offsets)]
+        )
         self.grid_shape_ = detectors[0].grid_shape_
         if self.max_samples is not None and samples.shape[1] > self.max_samples:
             # Each shard's samples are a uniform sample of its images; drawing them in
@@ -160,8 +168,8 @@ class DFKDEDetector(BaseMemoryDetector):
             kept = rng.choice(
                 samples.shape[1], self.max_samples, replace=False, p=weight / weight.sum()
             )
-            samples = samples[:, np.sort(kept)]
-        self._set_samples(samples)
+            samples, sources = samples[:, np.sort(kept)], sources[np.sort(kept)]
+        self._set_samples(samples, sources)
 
     def _reservoir(self, kept, new, n_seen):
         """The samples a seeded reservoir of ``max_samples`` images holds after ``new`` (a
@@ -195,8 +203,9 @@ class DFKDEDetector(BaseMemoryDetector):
         """The kept samples per position ``(positions, n, d)``, in the input's units."""
         return self.features_ * self.scale_[:, None, :] + self.mean_[:, None, :]
 
-    def _set_samples(self, samples):
-        """Standardise ``(positions, n, d)`` samples and set the memory from them."""
+    def _set_samples(self, samples, sources):
+        """Standardise ``(positions, n, d)`` samples and set the memory from them;
+        ``sources`` are the training images they come from."""
         n, d = samples.shape[1], samples.shape[2]
         mean = samples.mean(axis=1, dtype=np.float64)
         std = samples.std(axis=1, dtype=np.float64)
@@ -205,6 +214,7 @@ class DFKDEDetector(BaseMemoryDetector):
         self.mean_ = mean.astype(np.float32)
         self.scale_ = std.astype(np.float32)
         self.features_ = np.ascontiguousarray(features, dtype=np.float32)
+        self.sample_source_ = np.asarray(sources, dtype=np.int64)
         self.bandwidth_ = float(self._bandwidth_factor(n, d))
         self.memory_bytes_ = int(self.features_.nbytes + self.mean_.nbytes + self.scale_.nbytes)
 
@@ -265,6 +275,15 @@ class DFKDEDetector(BaseMemoryDetector):
                     log_mean_kernel = torch.logsumexp(sq.mul_(-1.0 / two_var), dim=2)
                     out[p0:p1, start:stop] = log_norm[p0:p1, start:stop] - to_host(log_mean_kernel)
         return out.T.reshape(n, h, w)
+
+
+def _sources(detector, new_images):
+    """The training images of ``detector``'s kept samples, then ``new_images``; -1 where a
+    detector of an earlier version did not record them."""
+    held = getattr(detector, "sample_source_", None)
+    if held is None:
+        held = np.full(detector.features_.shape[1], -1, dtype=np.int64)
+    return np.concatenate([held, new_images]).astype(np.int64)
 
 
 def _by_position(grids):

@@ -115,7 +115,11 @@ class PatchCoreDetector(BaseMemoryDetector):
     coreset_ : ndarray of shape (n_coreset, d), float32
         The memory.
     coreset_source_ : ndarray of shape (n_coreset,)
-        Index of the training image each coreset entry comes from (used for calibration).
+        Index of the training image each coreset entry comes from, in the order the images
+        were given to :meth:`fit` or :meth:`partial_fit` (used for calibration and
+        explanations).
+    coreset_position_ : ndarray of shape (n_coreset, 2), int32
+        Grid position (row, column) of each coreset entry in its training image.
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     train_scores_ : ndarray of shape (n_train,)
@@ -225,9 +229,12 @@ class PatchCoreDetector(BaseMemoryDetector):
         for name in (*self._calibration_set, *_SPARE_SET):
             self.__dict__.pop(name, None)
         rng = check_random_state(self.random_state)
-        entries, sources, radii, selection = self._select(grids.reshape(-1, d), h * w, rng)
+        entries, sources, positions, radii, selection = self._select(
+            grids.reshape(-1, d), (h, w), rng
+        )
         self.coreset_ = entries
         self.coreset_source_ = sources
+        self.coreset_position_ = positions
         self.cover_radius_ = radii
         self.n_patches_seen_ = n * h * w
         self.index_seed_ = int(rng.randint(np.iinfo(np.int32).max))
@@ -248,8 +255,9 @@ class PatchCoreDetector(BaseMemoryDetector):
             ratio = auto_coreset_ratio(n_patches)
         return int(np.ceil(ratio * n_patches))
 
-    def _select(self, bank, patches_per_image, rng):
-        """The coreset of one bank: entries, their source images, radii, and the selection."""
+    def _select(self, bank, grid_shape, rng):
+        """The coreset of one bank of grids of ``grid_shape``: entries, their source images
+        and grid positions, radii, and the selection."""
         device = self._device()
         points = project_for_coreset(bank, self.projection_dim, rng, device)
         selected, owner, cover_sq = greedy_coreset(
@@ -262,17 +270,20 @@ class PatchCoreDetector(BaseMemoryDetector):
             device=device,
         )
         entries = np.ascontiguousarray(bank[selected])
-        sources = (selected // patches_per_image).astype(np.int32)
+        h, w = grid_shape
+        sources = (selected // (h * w)).astype(np.int32)
+        positions = np.stack(np.divmod(selected % (h * w), w), axis=1).astype(np.int32)
         radii = cover_radii(owner, cover_sq, selected.size)
-        return entries, sources, radii, (points, selected, owner)
+        return entries, sources, positions, radii, (points, selected, owner)
 
     def _grow_memory(self, grids):
         n, h, w, d = grids.shape
         rng = check_random_state(self.random_state)
-        entries, sources, radii, _ = self._select(grids.reshape(-1, d), h * w, rng)
+        entries, sources, positions, radii, _ = self._select(grids.reshape(-1, d), (h, w), rng)
         self._reduce(
             [self.coreset_, entries],
             [self.coreset_source_, sources + self.n_samples_seen_],
+            [getattr(self, "coreset_position_", None), positions],
             [getattr(self, "cover_radius_", None), radii],
             self.n_patches_seen_ + n * h * w,
         )
@@ -294,6 +305,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         self._reduce(
             [detector.coreset_ for detector in detectors],
             [detector.coreset_source_ + offset for detector, offset in zip(detectors, offsets)],
+            [getattr(detector, "coreset_position_", None) for detector in detectors],
             [getattr(detector, "cover_radius_", None) for detector in detectors],
             sum(detector.n_patches_seen_ for detector in detectors),
         )
@@ -306,7 +318,7 @@ class PatchCoreDetector(BaseMemoryDetector):
             return
         self._calibrate_on_reservoir()
 
-    def _reduce(self, entries, sources, radii, n_patches):
+    def _reduce(self, entries, sources, positions, radii, n_patches):
         """Keep the union of coresets, thinned to the target size of ``n_patches`` patches."""
         if any(radius is None for radius in radii):
             raise ValueError(
@@ -326,6 +338,10 @@ class PatchCoreDetector(BaseMemoryDetector):
         self._keep_spares(entries[dropped], sources[dropped], capacity=_SPARES_PER_ENTRY * size)
         self.coreset_ = np.ascontiguousarray(entries[kept])
         self.coreset_source_ = sources[kept]
+        if any(position is None for position in positions):  # fitted by an earlier version
+            self.__dict__.pop("coreset_position_", None)
+        else:
+            self.coreset_position_ = np.concatenate(positions)[kept]
         self.cover_radius_ = radii
         self.n_patches_seen_ = int(n_patches)
         self.memory_bytes_ = int(self.coreset_.nbytes)
