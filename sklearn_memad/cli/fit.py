@@ -1,5 +1,6 @@
 """``memad fit``: fit a standard pipeline on a folder of defect-free images and save it."""
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ def cluster_client(address):
 
 
 def _cluster_fit(args, pipe, files):
-    """Fit on the cluster at --scheduler, a partition per worker; return the images read."""
+    """Fit on the cluster at --scheduler, a partition per worker; return the paths read."""
     with cluster_client(args.scheduler) as client:
         try:
             _, skipped = fit_on_cluster(
@@ -122,7 +123,27 @@ def _cluster_fit(args, pipe, files):
         except ValueError as exc:  # no readable image, too few images...
             raise CommandError(str(exc), EXIT_DATA) from exc
     report_skipped(skipped)
-    return pipe[-1].n_samples_seen_
+    # The partitions are contiguous and merged in order: the model numbers the images read
+    # in the order of the files.
+    unread = {os.fspath(path) for path, _ in skipped}
+    return [path for path in files if os.fspath(path) not in unread]
+
+
+def _sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def training_record(paths):
+    """The training files in the order the model numbers its images: their folder, and
+    each file's path in it and SHA-256, so that a model can be traced to its data and its
+    explanations can show the training images."""
+    resolved = [Path(path).resolve() for path in paths]
+    folder = Path(os.path.commonpath([path.parent for path in resolved]))
+    return {
+        "train_folder": os.fspath(folder),
+        "train_files": [[path.relative_to(folder).as_posix(), _sha256(path)] for path in resolved],
+    }
 
 
 def _decide(args, pipe, validation, objective, target):
@@ -139,14 +160,15 @@ def _decide(args, pipe, validation, objective, target):
     return chosen.model, metadata, chosen.report
 
 
-def _save(args, model, n_train, metadata):
+def _save(args, model, kept, metadata):
     try:
         save_model(
             model,
             args.out,
             train=os.fspath(Path(args.train).resolve()),
-            n_train=n_train,
+            n_train=len(kept),
             created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **training_record(kept),
             **metadata,
         )
     except OSError as exc:
@@ -187,13 +209,14 @@ def run(args):
     pipe.steps[0] = (pipe.steps[0][0], features.set_params(**pipe[0].get_params()))
     start = time.perf_counter()
     if args.scheduler is None:
-        n_train = len(_stream_fit(args, pipe, files, size))
+        kept = _stream_fit(args, pipe, files, size)
     else:
-        n_train = _cluster_fit(args, pipe, files)
+        kept = _cluster_fit(args, pipe, files)
+    n_train = len(kept)
     elapsed = time.perf_counter() - start
 
     model, metadata, report = _decide(args, pipe, validation, objective, target)
-    _save(args, model, n_train, metadata)
+    _save(args, model, kept, metadata)
     detector = pipe[-1]
     print(
         f"Fitted {NAMES[type(detector).__name__]} on {n_train} images ({size[0]} x "

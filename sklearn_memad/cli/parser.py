@@ -307,6 +307,12 @@ def _add_score(commands):
     parser.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
     parser.add_argument("--no-masks", action="store_true", help="write no defect mask PNGs")
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="for each flagged image, write NAME_explain.png: its most anomalous patch beside "
+        "the normal training patch the model matched it with",
+    )
+    parser.add_argument(
         "--sigma",
         type=sigma,
         default=defaults.SIGMA,

@@ -33,6 +33,7 @@ from .exit_codes import (
     CommandError,
     OptionError,
 )
+from .explanations import Explainer, explanation_name
 from .fit import NAMES, cluster_client
 from .messages import report_unscored, warn
 from .outputs import ScoresTable, choose_output_folder, output_names, relative_source
@@ -130,6 +131,8 @@ def _score_chunk(job, pipe, chunk, size, table):
     images, kept, skipped = read_images(chunk, size, max_pixels=job.max_pixels)
     reasons = dict(skipped)
     result = _predict(pipe, images, job.sigma) if kept else None
+    if job.explainer is not None and kept:
+        _explain(job, pipe, images, kept, result)
     index = {path: i for i, path in enumerate(kept)}
     pending = list(chunk)
     try:
@@ -148,6 +151,18 @@ def _score_chunk(job, pipe, chunk, size, table):
                 table.add(path, result, index[path])
         raise
     return images.shape[1:3] if kept else size
+
+
+def _explain(job, pipe, images, kept, result):
+    flagged = np.flatnonzero(result.labels == -1)
+    names = [job.names[os.path.abspath(os.fspath(kept[i]))] for i in flagged]
+    job.explainer.write(
+        images,
+        flagged,
+        [job.out / explanation_name(name) for name in names],
+        [_overlay_base(kept[i], images[i], job.max_pixels) for i in flagged],
+        [os.fspath(relative_source(kept[i], job.root)) for i in flagged],
+    )
 
 
 def _score_all(job, pipe, files, size, verbose, table):
@@ -207,6 +222,8 @@ def _summarise(job, pipe, detector, table):
     )
     written = [table_line] + ([] if job.no_overlays else [f"{len(rows)} overlay PNGs"])
     written += [f"{len(rows)} defect mask PNGs"] if job.pixel is not None else []
+    if job.explainer is not None:
+        written += [f"{job.explainer.written} explanation PNGs"]
     print(
         f"Wrote {', '.join(written[:-1])} and {written[-1]}"
         if len(written) > 1
@@ -218,7 +235,8 @@ def _summarise(job, pipe, detector, table):
 class _Job:
     """What every scored image's outputs depend on."""
 
-    def __init__(self, args, files, detector, header):
+    def __init__(self, args, files, pipe, header):
+        detector = model_parts(pipe).detector
         self.out = _output_folder(choose_output_folder(args.out, args.inputs))
         self.root = Path(os.path.commonpath([Path(p).resolve().parent for p in files]))
         self.names = output_names(files, self.root)
@@ -230,6 +248,10 @@ class _Job:
         if warning is not None:
             warn(warning)
         self.pixel = None if args.no_masks else pixel
+        self.explainer = None
+        if args.explain:
+            size = header.get("image_size")
+            self.explainer = Explainer(pipe, header, size, args.max_image_pixels)
 
 
 @contextmanager
@@ -260,10 +282,12 @@ def _check_model_option(path):
 def run(args):
     """Score every image named on the command line, a chunk of images at a time."""
     _check_model_option(args.model)
+    if args.explain and args.scheduler is not None:
+        raise OptionError("--explain draws its panels on this machine: drop --scheduler")
     pipe, header = _load(args.model, args.device)
     files = find_images(args.inputs)
     detector = model_parts(pipe).detector
-    job = _Job(args, files, detector, header)
+    job = _Job(args, files, pipe, header)
     # One bar for the whole run instead of one per chunk.
     inner_pipeline(pipe).steps[0][1].set_params(verbose=False)
     with ScoresTable(job.out / "scores.csv") as table, _terminate_as_interrupt():

@@ -14,10 +14,17 @@ little colour and a defect shows warm colours where it is.
 
 from ..utils.deprecation import moved_names
 from ._matplotlib import AnomalyMapDisplay
-from ._overlay import compose_panels, overlay_image, score_caption, write_overlay
+from ._overlay import (
+    compose_explanation,
+    compose_panels,
+    overlay_image,
+    score_caption,
+    write_overlay,
+)
 
 __all__ = [
     "AnomalyMapDisplay",
+    "compose_explanation",
     "compose_panels",
     "overlay_image",
     "score_caption",

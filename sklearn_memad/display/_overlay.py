@@ -1,4 +1,4 @@
-"""Pictures of anomaly maps with Pillow alone: heat overlays, side-by-side panels, PNG files.
+"""Pictures with Pillow alone: heat overlays, side-by-side panels, explanations, PNG files.
 
 Public through :mod:`sklearn_memad.display`; the command line and the demo use it, so drawing
 a PNG never needs matplotlib.
@@ -12,7 +12,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
-__all__ = ["compose_panels", "overlay_image", "score_caption", "write_overlay"]
+__all__ = [
+    "compose_explanation",
+    "compose_panels",
+    "overlay_image",
+    "score_caption",
+    "write_overlay",
+]
 
 # Jet-like colours (blue -> cyan -> yellow -> red): warm colours stand out on the grey,
 # brown and green surfaces of industrial images.
@@ -176,6 +182,87 @@ def compose_panels(image, panels, *, mask=None, title=None, min_side=256, max_si
         colour = "black" if anomaly is None else (ANOMALY_COLOUR if anomaly else NORMAL_COLOUR)
         caption_font = _fitting_font(draw, caption, size[0], font_size)
         draw.text((x, top + gap + size[1] + 3), caption, fill=colour, font=caption_font)
+    return canvas
+
+
+def _boxed(image, box, colour, size):
+    """``image`` resized to ``size`` (width, height) with ``box`` (fractions) drawn on it."""
+    shown = Image.fromarray(as_rgb_uint8(image)).resize(size, Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(shown)
+    top, left, bottom, right = box
+    width = max(2, size[0] // 128)
+    draw.rectangle(
+        [left * size[0], top * size[1], right * size[0] - 1, bottom * size[1] - 1],
+        outline=colour,
+        width=width,
+    )
+    return shown
+
+
+def compose_explanation(
+    image, box, train_image, train_box, *, captions=("", ""), title=None, side=320
+):
+    """Side by side: an image with its anomalous patch boxed, and the training image with
+    the normal patch it was matched with (:func:`~sklearn_memad.explain.nearest_normal`).
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W, 3) or (H, W)
+        The inspected image.
+    box : sequence of 4 floats
+        The patch: (top, left, bottom, right) as fractions of the image.
+    train_image : array-like of shape (H', W', 3) or (H', W'), or None
+        The matched training image; None draws a grey tile (its file is missing).
+    train_box : sequence of 4 floats
+        The matched patch, as fractions of the training image.
+    captions : (str, str), default=("", "")
+        Under each picture.
+    title : str, default=None
+        A line above both.
+    side : int, default=320
+        Longer side of each picture, in pixels.
+
+    Returns
+    -------
+    picture : PIL.Image.Image
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_memad.display import compose_explanation
+    >>> image = np.zeros((64, 96, 3), dtype=np.uint8)
+    >>> picture = compose_explanation(image, (0.25, 0.5, 0.5, 0.75), image, (0, 0, 0.25, 0.25))
+    >>> picture.size
+    (658, 246)
+    """
+    image = as_rgb_uint8(image)
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    left = _boxed(image, box, ANOMALY_COLOUR, size)
+    if train_image is None:
+        right = Image.new("RGB", size, (200, 200, 200))
+    else:
+        right = _boxed(train_image, train_box, NORMAL_COLOUR, size)
+    font_size = max(11, min(16, size[1] // 14))
+    line, gap = font_size + 6, 6
+    top = line if title else 0
+    canvas = Image.new("RGB", (2 * size[0] + 3 * gap, top + size[1] + line + 2 * gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text(
+            (gap, gap // 2),
+            title,
+            fill="black",
+            font=_fitting_font(draw, title, canvas.width - 2 * gap, font_size),
+        )
+    for k, (tile, caption, colour) in enumerate(
+        [(left, captions[0], ANOMALY_COLOUR), (right, captions[1], NORMAL_COLOUR)]
+    ):
+        x = gap + k * (size[0] + gap)
+        canvas.paste(tile, (x, top + gap))
+        font = _fitting_font(draw, caption, size[0], font_size)
+        draw.text((x, top + gap + size[1] + 3), caption, fill=colour, font=font)
     return canvas
 
 
