@@ -27,6 +27,7 @@ from ..maps import predict_anomaly_maps
 from ..masks import mask_scores, select_pixel_threshold
 from ..thresholds import ThresholdedDetector
 from ..utils.pipeline import decision_threshold
+from ..utils.scores import percentiles, reference_scores
 from ..utils.validation import check_objective_target
 from .exit_codes import OptionError
 
@@ -183,16 +184,19 @@ def describe_pixel(pixel):
 def describe_decision(model, detector):
     """The image decision of ``memad score``: the threshold, and where it comes from."""
     threshold = -decision_threshold(model)
+    # The same threshold on the scale every detector shares: see anomaly_percentile.
+    scale = percentiles(reference_scores(detector), np.array([threshold]))[0]
+    on_scale = f"; anomaly percentile {scale:.1f}"
     if isinstance(model, ThresholdedDetector):
         return (
             f"score > threshold {threshold:.4g}, chosen for {_goal(model)} on "
             f"{model.n_val_normals_} normal and {model.n_val_anomalies_} defective validation "
             f"images, where it reached recall {model.recall_:.3f} and false-positive rate "
-            f"{model.false_positive_rate_:.3f}"
+            f"{model.false_positive_rate_:.3f}{on_scale}"
         )
     return (
         f"score > threshold {threshold:.4g}, the detector's own offset_, calibrated on its "
-        f"training images with contamination {detector.contamination}"
+        f"training images with contamination {detector.contamination}{on_scale}"
     )
 
 

@@ -13,16 +13,16 @@ from PIL import Image
 
 from .. import defaults
 from ..datasets import READ_ERRORS, find_images, folder_labels, mask_name, read_images, read_rgb
-from ..display import compose_panels, score_caption
+from ..display import compose_panels, score_caption, write_report
 from ..distributed import score_samples as score_on_cluster
 from ..features import FeatureTransformer
 from ..maps import predict_anomaly_maps
-from ..metrics import image_auroc
 from ..persistence import ModelFileError, inner_pipeline, load_model
 from ..pipelines import set_device
 from ..utils.chunking import chunked
-from ..utils.pipeline import model_parts
+from ..utils.pipeline import decision_threshold, model_parts
 from ..utils.progress import progress
+from ..utils.scores import percentiles, reference_scores
 from .decisions import describe_decision, describe_masks, pixel_threshold, write_mask
 from .exit_codes import (
     EXIT_DATA,
@@ -42,6 +42,8 @@ __all__ = ["run"]
 
 # Images read and scored per chunk: bounds memory on large folders.
 SCORE_CHUNK = defaults.SCORE_CHUNK
+# The HTML report of a labelled folder, in the output folder.
+REPORT = "report.html"
 # Overlays keep the image's aspect ratio, at most this many pixels on the longer side.
 OVERLAY_MAX_SIDE = 1024
 
@@ -200,6 +202,44 @@ def _score_on_cluster(args, job, pipe, files, table):
             table.add_failure(path, reasons.get(path, "not scored"))
 
 
+def _report(job, pipe, detector, rows, truth):
+    """Print what the decision did on the labelled folder; write report.html."""
+    paths = [path for path, _, _ in rows]
+    scores = np.array([score for _, score, _ in rows])
+    kinds = [Path(path).parent.name for path in paths]
+    threshold = -decision_threshold(pipe)
+    reference = reference_scores(detector)
+    names = [os.fspath(relative_source(path, job.root)) for path in paths]
+    overlays = None
+    if not job.no_overlays:
+        overlays = [job.out / job.names[os.path.abspath(os.fspath(path))] for path in paths]
+    path = job.out / REPORT
+    summary = write_report(
+        path,
+        truth,
+        scores,
+        threshold,
+        names=names,
+        kinds=kinds,
+        overlays=overlays,
+        percentiles=percentiles(reference, scores),
+        threshold_percentile=float(percentiles(reference, np.array([threshold]))[0]),
+        title=f"memad score: {job.name} on {job.root}",
+        notes=[describe_decision(pipe, detector)],
+    )
+    print(
+        f"From the folder names (good = normal, other folders = defective): image AUROC "
+        f"{summary['auroc']:.3f}; recall {summary['recall']:.3f} ({summary['caught']} of "
+        f"{summary['n_defective']} defective caught), false-positive rate "
+        f"{summary['false_positive_rate']:.3f} ({summary['false_alarms']} of "
+        f"{summary['n_good']} good flagged)."
+    )
+    width = max(len(kind) for kind, _, _ in summary["kinds"])
+    for kind, caught, total in summary["kinds"]:
+        print(f"  {kind:<{width}}  caught {caught:>4} / {total:<4}")
+    return path
+
+
 def _summarise(job, pipe, detector, table):
     rows = table.scored
     flagged = int(sum(label == -1 for _, _, label in rows))
@@ -211,16 +251,15 @@ def _summarise(job, pipe, detector, table):
         print(describe_masks(job.pixel))
     truth = folder_labels([path for path, _, _ in rows])
     if truth is not None:
-        scores = np.array([score for _, score, _ in rows])
-        print(
-            "Image AUROC from the folder names (good = normal, other folders = defective): "
-            f"{image_auroc(truth, scores):.3f}"
-        )
+        report = _report(job, pipe, detector, rows, truth)
+    else:
+        report = None
     n_failed = len(table.failed)
     table_line = os.fspath(table.path) + (
         f" ({n_failed} row{'s' if n_failed > 1 else ''} without a verdict)" if n_failed else ""
     )
     written = [table_line] + ([] if job.no_overlays else [f"{len(rows)} overlay PNGs"])
+    written += [os.fspath(report.name)] if report is not None else []
     written += [f"{len(rows)} defect mask PNGs"] if job.pixel is not None else []
     if job.explainer is not None:
         written += [f"{job.explainer.written} explanation PNGs"]

@@ -21,14 +21,17 @@ from ._overlay import (
     score_caption,
     write_overlay,
 )
+from ._report import decision_summary, write_report
 
 __all__ = [
     "AnomalyMapDisplay",
     "compose_explanation",
     "compose_panels",
+    "decision_summary",
     "overlay_image",
     "score_caption",
     "write_overlay",
+    "write_report",
 ]
 
 __getattr__ = moved_names(

@@ -151,22 +151,26 @@ def compose_panels(image, panels, *, mask=None, title=None, min_side=256, max_si
 
     has_defect = mask is not None and bool(np.any(mask))
     tiles = [(shown, "input, defect outlined" if has_defect else "input", None)]
+    ranges = [None]
     for panel in panels:
-        heat = overlay_image(
-            shown,
-            _resize_map(panel["map"], size),
-            vmin=panel.get("vmin"),
-            vmax=panel.get("vmax"),
-        )
+        resized = _resize_map(panel["map"], size)
+        vmin = float(resized.min()) if panel.get("vmin") is None else float(panel["vmin"])
+        vmax = float(resized.max()) if panel.get("vmax") is None else float(panel["vmax"])
+        heat = overlay_image(shown, resized, vmin=vmin, vmax=vmax)
         tiles.append((heat, panel.get("caption", ""), panel.get("anomaly")))
+        ranges.append((vmin, vmax))
 
     font_size = max(11, min(18, size[1] // 16))
     line = font_size + 6
     gap = 6
     top = line if title else 0
+    bar = max(6, font_size // 2)
     canvas = Image.new(
         "RGB",
-        (len(tiles) * size[0] + (len(tiles) + 1) * gap, top + size[1] + line + 2 * gap),
+        (
+            len(tiles) * size[0] + (len(tiles) + 1) * gap,
+            top + size[1] + 2 * line + bar + 2 * gap,
+        ),
         "white",
     )
     draw = ImageDraw.Draw(canvas)
@@ -182,7 +186,24 @@ def compose_panels(image, panels, *, mask=None, title=None, min_side=256, max_si
         colour = "black" if anomaly is None else (ANOMALY_COLOUR if anomaly else NORMAL_COLOUR)
         caption_font = _fitting_font(draw, caption, size[0], font_size)
         draw.text((x, top + gap + size[1] + 3), caption, fill=colour, font=caption_font)
+        if ranges[k] is not None:
+            _colour_bar(canvas, draw, (x, top + gap + size[1] + line), size[0], bar, ranges[k])
     return canvas
+
+
+def _colour_bar(canvas, draw, origin, width, height, value_range):
+    """The overlay's colour scale under its tile, with the values at both ends and the
+    middle (where the image threshold sits for the ranges of ``anomaly_map_range``)."""
+    x, y = origin
+    ramp = _colour(np.linspace(0.0, 1.0, width)).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], height, axis=0)), (x, y))
+    low, high = value_range
+    font = _font(max(8, height + 2))
+    texts = [f"{low:.3g}", f"{(low + high) / 2:.3g}", f"{high:.3g}"]
+    lengths = [draw.textlength(text, font=font) for text in texts]
+    places = [x, x + (width - lengths[1]) / 2, x + width - lengths[2]]
+    for text, place in zip(texts, places):
+        draw.text((place, y + height + 1), text, fill="black", font=font)
 
 
 def _boxed(image, box, colour, size):
