@@ -273,6 +273,8 @@ class DetectorPipeline(Pipeline):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "tile_size": [Interval(Integral, 1, None, closed="left"), None],
+        "tile_overlap": [Interval(Integral, 0, None, closed="left")],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
         "random_state": ["random_state"],
@@ -292,6 +294,8 @@ def make_detector_pipeline(
     n_neighbors=defaults.N_NEIGHBORS,
     contamination=defaults.CONTAMINATION,
     batch_size=defaults.BATCH_SIZE,
+    tile_size=None,
+    tile_overlap=0,
     chunk_size=defaults.SCORE_CHUNK,
     device="cpu",
     random_state=0,
@@ -323,7 +327,14 @@ def make_detector_pipeline(
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets the detector's ``offset_`` (see the detectors).
     batch_size : int, default=16
-        Images per backbone forward pass.
+        Images (with tiling: tiles) per backbone forward pass.
+    tile_size : int or None, default=None
+        Pass the images, at ``image_size``, through the backbone in square tiles of this many
+        pixels stitched into one grid (see :class:`~sklearn_memad.FeatureTransformer`): large
+        images keep their resolution in bounded memory. PaDiM and DFKDE then model every
+        position of the stitched grid, so each tile position has its own statistics.
+    tile_overlap : int, default=0
+        Pixels shared by neighbouring tiles.
     chunk_size : int, default=64
         Images scored per chunk, end to end: bounds the memory of ``score_samples``,
         ``decision_function``, ``predict`` and the anomaly maps (see
@@ -363,6 +374,8 @@ def make_detector_pipeline(
         if method == "padim"
         else None,
         batch_size=batch_size,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
         device=device,
         random_state=random_state,
         verbose=verbose,

@@ -71,6 +71,8 @@ def _pipeline_options(args):
         n_neighbors=args.n_neighbors,
         contamination=args.contamination,
         batch_size=args.batch_size,
+        tile_size=args.tile,
+        tile_overlap=args.overlap,
         device=args.device,
         random_state=args.seed,
         verbose=not args.quiet,

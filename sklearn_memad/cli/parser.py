@@ -93,6 +93,16 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
+    return value
+
+
 def weights(text):
     return None if text.lower() == "none" else text
 
@@ -275,6 +285,21 @@ def _add_fit(commands):
         f"folders (default {defaults.FIT_CHUNK})",
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
+    parser.add_argument(
+        "--tile",
+        type=image_side,
+        default=None,
+        metavar="SIZE",
+        help="pass the images (at --image-size) through the backbone in square tiles of SIZE "
+        "px, stitched into one grid: large images keep their resolution (default: whole)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=non_negative_int,
+        default=0,
+        metavar="PX",
+        help="pixels shared by neighbouring tiles (default 0)",
+    )
     _add_pixel_limit_option(parser)
     _add_scheduler_option(parser, "read and featurise the images, a partition per worker,")
     _add_common_options(parser)

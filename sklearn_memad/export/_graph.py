@@ -159,6 +159,11 @@ def as_torch_module(estimator, image_size=None, *, sigma=4.0):
             "LocalAggregation or RandomProjection steps and a PaDiM, PatchCore or DFKDE "
             "detector."
         )
+    if getattr(steps[0], "tile_size", None) is not None:
+        raise ValueError(
+            "A FeatureTransformer with tile_size set cannot be exported yet: the graph "
+            "passes each image whole. Export a pipeline fitted without tiling."
+        )
     size = _graph_size(steps[0], image_size)
     target = _backbone_size(steps[0], size)
     extractor = steps[0].feature_extractor()

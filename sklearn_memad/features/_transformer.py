@@ -22,6 +22,7 @@ from ._backbones import (
     recommended_layers,
     resolve_weights,
 )
+from ._tiling import tile_layout, tiled_features
 
 __all__ = ["FeatureTransformer"]
 
@@ -76,8 +77,21 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         every feature). None keeps all.
 
     batch_size : int, default=16
-        Number of images converted and passed through the backbone at once; it bounds memory
-        and changes the result only by float rounding (convolution kernels may differ).
+        Number of images (with tiling: tiles) converted and passed through the backbone at
+        once; it bounds memory and changes the result only by float rounding (convolution
+        kernels may differ).
+
+    tile_size : int or None, default=None
+        Pass the images (resized to ``image_size``) through the backbone in square tiles of
+        this many pixels, and stitch the tiles' grids into one grid of the whole image: a
+        large image keeps its full resolution (defects of a few pixels stay visible) in
+        bounded memory. Each tile contributes the cells nearer its centre than any other
+        tile's. ``image_size`` and ``tile_size`` must be multiples of the backbone's stride
+        (8 px for the recommended layers). None passes each image whole.
+
+    tile_overlap : int, default=0
+        Pixels shared by neighbouring tiles, a multiple of the backbone's stride below
+        ``tile_size``: with an overlap, no cell's features come from next to a tile's edge.
 
     device : str, default="cpu"
         Torch device for the forward pass: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or
@@ -145,6 +159,8 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         "image_size": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
         "max_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tile_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "tile_overlap": [Interval(numbers.Integral, 0, None, closed="left")],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -160,6 +176,8 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         image_size=IMAGE_SIZE,
         max_features=None,
         batch_size=BATCH_SIZE,
+        tile_size=None,
+        tile_overlap=0,
         device="cpu",
         random_state=None,
         verbose=False,
@@ -170,6 +188,8 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         self.image_size = image_size
         self.max_features = max_features
         self.batch_size = batch_size
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -202,8 +222,11 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         seed = int(rng.randint(np.iinfo(np.int32).max))
         extractor = self._get_extractor(seed)
         size = self._target_size(images.shape[1:3])
-        probe = torch.zeros((1, 3) + size, device=extractor.device)
+        probe_size = size if self.tile_size is None else (int(self.tile_size),) * 2
+        probe = torch.zeros((1, 3) + probe_size, device=extractor.device)
         shape = tuple(extractor.features(probe).shape[1:])
+        if self.tile_size is not None:
+            shape = self._tile_layout(size, shape).grid + shape[2:]
         kept = None
         if self.max_features is not None and self.max_features < shape[2]:
             kept = np.sort(rng.choice(shape[2], size=self.max_features, replace=False))
@@ -235,6 +258,8 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
         images = _checked_images(X)
         extractor = self._get_extractor(self.init_seed_)
         size = self._target_size(images.shape[1:3])
+        if self.tile_size is not None:
+            return self._tiled_transform(images, size, extractor)
         grids = None
         n_batches = -(-len(images) // self.batch_size)
         batches = _iter_batches(images, self.batch_size)
@@ -254,6 +279,35 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
             else:
                 features = extractor.features(prepared, self.features_kept_).cpu().numpy()
                 grids[start : start + len(batch)] = features
+        return grids
+
+    def _tile_layout(self, size, tile_shape):
+        """The tiles of images of ``size``, from the grid ``tile_shape`` of one tile."""
+        tile = int(self.tile_size)
+        if tile % tile_shape[0]:
+            raise ValueError(
+                f"tile_size={tile} px does not divide into the backbone's grid of "
+                f"{tile_shape[0]} cells; choose a multiple of its stride."
+            )
+        return tile_layout(size, tile, int(self.tile_overlap), tile // tile_shape[0])
+
+    def _tiled_transform(self, images, size, extractor):
+        tile = int(self.tile_size)
+        probe = torch.zeros((1, 3, tile, tile), device=extractor.device)
+        layout = self._tile_layout(size, tuple(extractor.features(probe).shape[1:]))
+        grids = np.empty((len(images),) + layout.grid + self.feature_shape_[2:], np.float32)
+        per_image = len(layout.rows.starts) * len(layout.cols.starts)
+        step = max(1, self.batch_size // per_image)
+        n_batches = -(-len(images) // step)
+        batches = _iter_batches(images, step)
+        for start, batch in progress(batches, self.verbose, "FeatureTransformer", n_batches):
+            tiled_features(
+                _prepare(batch, size, extractor),
+                layout,
+                lambda tiles: extractor.features(tiles, self.features_kept_),
+                self.batch_size,
+                grids[start : start + len(batch)],
+            )
         return grids
 
     def __sklearn_tags__(self):
