@@ -14,11 +14,13 @@ Where things live (imports point down this list, never up):
 - ``features``, ``transformers``, ``detectors``: the estimators;
 - ``maps``, ``metrics``, ``thresholds``, ``masks``, ``model_selection``: what is done with
   their scores;
-- ``pipelines`` (the standard pipelines and streaming fit), ``persistence`` (model files),
+- ``pipelines`` (the standard pipelines and streaming fit), ``categories`` (one backbone for
+  many part numbers), ``persistence`` (model files),
   ``display`` (pictures), ``distributed`` (Dask: fit and score on a cluster);
 - ``cli``: the ``memad`` command, one module per command.
 """
 
+from .categories import MultiCategoryDetector
 from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
 from .features import FeatureTransformer
 from .maps import anomaly_maps
@@ -32,6 +34,7 @@ __all__ = [
     "DFKDEDetector",
     "FeatureTransformer",
     "LocalAggregation",
+    "MultiCategoryDetector",
     "PaDiMDetector",
     "PatchCoreDetector",
     "RandomProjection",

@@ -1,7 +1,8 @@
 """Model files: a fitted model in one file that holds no pickle, so loading runs no code.
 
-:func:`save_model` writes a fitted model (a detector, a Pipeline ending in one, or a
-:class:`~sklearn_memad.thresholds.ThresholdedDetector` around either) to one
+:func:`save_model` writes a fitted model (a detector, a Pipeline ending in one, a
+:class:`~sklearn_memad.thresholds.ThresholdedDetector` around either, or a
+:class:`~sklearn_memad.MultiCategoryDetector` with its one backbone and its heads) to one
 `safetensors <https://huggingface.co/docs/safetensors>`_ file. The arrays are the file's
 tensors; the file's metadata header holds the format number, a JSON description of each
 estimator (its class name, its constructor parameters and its other attributes, with
@@ -13,11 +14,12 @@ the file is executed. :func:`read_model_info` reads the metadata alone.
 
 The classes a model file may hold: ``sklearn_memad`` ``FeatureTransformer``,
 ``LocalAggregation``, ``RandomProjection``, ``PaDiMDetector``, ``PatchCoreDetector``,
-``DFKDEDetector``, ``ThresholdedDetector``, ``pipelines.DetectorPipeline``, and scikit-learn's
-``Pipeline``, ``GaussianRandomProjection`` and ``SparseRandomProjection``. Their attributes
-may be NumPy arrays and scalars (bool, int, uint, float), Python numbers, strings, None,
-lists, tuples, dicts, paths, ``RandomState`` instances, SciPy CSR/CSC matrices and other
-estimators of the list; anything else is refused when saving, naming the attribute.
+``DFKDEDetector``, ``ThresholdedDetector``, ``MultiCategoryDetector``,
+``pipelines.DetectorPipeline``, and scikit-learn's ``Pipeline``, ``GaussianRandomProjection``
+and ``SparseRandomProjection``. Their attributes may be NumPy arrays (of numbers or bools,
+or of str, such as category names) and scalars (bool, int, uint, float), Python numbers,
+strings, None, lists, tuples, dicts, paths, ``RandomState`` instances, SciPy CSR/CSC matrices
+and other estimators of the list; anything else is refused when saving, naming the attribute.
 
 Files written with :mod:`joblib` or :mod:`pickle` (like model files of sklearn_memad 0.1) are
 refused without being unpickled. ``joblib.dump`` / ``joblib.load`` of a fitted pipeline still
@@ -32,6 +34,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
 
+from ..categories import MultiCategoryDetector
 from ..detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
 from ..features import FeatureTransformer
 from ..pipelines import DetectorPipeline
@@ -66,6 +69,7 @@ _CLASSES = {
     "sklearn_memad.PatchCoreDetector": PatchCoreDetector,
     "sklearn_memad.DFKDEDetector": DFKDEDetector,
     "sklearn_memad.ThresholdedDetector": ThresholdedDetector,
+    "sklearn_memad.MultiCategoryDetector": MultiCategoryDetector,
     "sklearn_memad.pipelines.DetectorPipeline": DetectorPipeline,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.random_projection.GaussianRandomProjection": GaussianRandomProjection,
@@ -86,7 +90,9 @@ def inner_pipeline(model):
     Returns
     -------
     pipeline : Pipeline or None
-        The outermost Pipeline of ``model``; None for a bare detector or an unfitted wrapper.
+        The outermost Pipeline of ``model``; None for a bare detector, an unfitted wrapper,
+        or a MultiCategoryDetector, which has one pipeline per category
+        (:meth:`~sklearn_memad.MultiCategoryDetector.category_pipeline`).
 
     Examples
     --------
@@ -104,7 +110,11 @@ def inner_pipeline(model):
 
 
 def _check_model(model, where):
-    """The parts of ``model``; a ModelFileError unless it is a fitted sklearn_memad model."""
+    """What the metadata says of ``model``: ``method`` and ``image_size`` (and the
+    ``categories`` of a MultiCategoryDetector); a ModelFileError unless it is a fitted
+    sklearn_memad model."""
+    if isinstance(model, MultiCategoryDetector):
+        return _check_categories_model(model, where)
     try:
         parts = model_parts(model)
     except (TypeError, NotFittedError):
@@ -115,23 +125,59 @@ def _check_model(model, where):
             "Pipeline or ThresholdedDetector ending in one (write one with `memad fit` or "
             f"save_model); got {'an unfitted ' if parts else 'a '}{type(model).__name__}."
         )
-    return parts
+    steps = parts.pipeline.steps if parts.pipeline is not None else []
+    first = steps[0][1] if steps else None
+    return {"method": type(parts.detector).__name__, "image_size": _image_size(first)}
 
 
-def _info(parts, metadata):
+def _image_size(features):
+    """The input ``(H, W)`` of a FeatureTransformer's backbone; None for anything else."""
+    if not isinstance(features, FeatureTransformer):
+        return None
+    return check_image_size(features.image_size)
+
+
+def _check_categories_model(model, where):
+    """:func:`_check_model` of a MultiCategoryDetector: one fitted head per category."""
+    names = getattr(model, "categories_", None)
+    heads = getattr(model, "heads_", None)
+    features = getattr(model, "features_", None)
+    fitted = (
+        isinstance(names, np.ndarray)
+        and names.ndim == 1
+        and names.size > 0
+        and names.dtype.kind in "Ui"
+        and np.array_equal(np.unique(names), names)
+        and type(heads) is dict
+        and list(heads) == names.tolist()
+        and isinstance(features, FeatureTransformer)
+        and hasattr(features, "init_seed_")
+    )
+    if not fitted:
+        raise ModelFileError(
+            f"{where} is not a fitted MultiCategoryDetector: expected a fitted "
+            "FeatureTransformer as features_, the sorted, distinct category names as "
+            "categories_ and a dict heads_ with one fitted head per category, in that order."
+        )
+    methods = {
+        _check_model(head, f"{where}.heads_[{name!r}]")["method"] for name, head in heads.items()
+    }
+    return {
+        "method": ", ".join(sorted(methods)),
+        "image_size": _image_size(features),
+        "categories": names.tolist(),
+    }
+
+
+def _info(summary, metadata):
     """The metadata dict written beside the model."""
     from .. import __version__
 
-    steps = parts.pipeline.steps if parts.pipeline is not None else []
-    first = steps[0][1] if steps else None
     info = {
         "version": __version__,
         "sklearn_version": sklearn.__version__,
         "numpy_version": np.__version__,
-        "method": type(parts.detector).__name__,
-        "image_size": (
-            check_image_size(first.image_size) if isinstance(first, FeatureTransformer) else None
-        ),
+        **summary,
     }
     taken = sorted(set(metadata) & (set(info) | {_MARKER}))
     if taken:
@@ -153,10 +199,11 @@ def save_model(model, path, **metadata):
 
     Parameters
     ----------
-    model : Pipeline, ThresholdedDetector or detector
+    model : Pipeline, ThresholdedDetector, MultiCategoryDetector or detector
         Fitted: a Pipeline from images (starting with a FeatureTransformer, as ``memad
         score`` needs) or from grids, ending in a sklearn_memad detector; a fitted
-        :class:`~sklearn_memad.thresholds.ThresholdedDetector` around one; or a detector.
+        :class:`~sklearn_memad.thresholds.ThresholdedDetector` around one; a fitted
+        :class:`~sklearn_memad.MultiCategoryDetector`; or a detector.
     path : str or path-like
         Destination file, replaced in one step (never left half-written).
     **metadata
@@ -168,7 +215,9 @@ def save_model(model, path, **metadata):
     info : dict
         What :func:`read_model_info` gives for the file: ``sklearn_memad_model``,
         ``version``, ``sklearn_version``, ``numpy_version``, ``method`` (the detector's
-        class), ``image_size`` (the input ``(H, W)``, or None) and ``metadata``'s entries.
+        class; for a MultiCategoryDetector, its heads' detector classes, comma-separated),
+        ``image_size`` (the input ``(H, W)``, or None), for a MultiCategoryDetector
+        ``categories`` (the list of its category names), and ``metadata``'s entries.
 
     Raises
     ------
@@ -267,7 +316,8 @@ def read_model_info(path):
     info : dict
         ``sklearn_memad_model`` (the format), ``version``, ``sklearn_version`` and
         ``numpy_version`` (those that wrote the file), ``method`` (the detector's class),
-        ``image_size`` (the input ``(H, W)``, or None), and the metadata passed to
+        ``image_size`` (the input ``(H, W)``, or None), ``categories`` (for a
+        MultiCategoryDetector: its category names), and the metadata passed to
         :func:`save_model` (``memad fit`` records ``train``, ``n_train``, ``created``, and with
         ``--validation`` the validation folder and the pixel threshold).
 
@@ -313,7 +363,7 @@ def load_model(path, *, return_info=False):
 
     Returns
     -------
-    model : Pipeline, ThresholdedDetector or detector
+    model : Pipeline, ThresholdedDetector, MultiCategoryDetector or detector
         The fitted model, as saved.
     info : dict
         The metadata; only when ``return_info`` is True.

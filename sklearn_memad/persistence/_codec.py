@@ -5,9 +5,10 @@ An estimator becomes ``{"__type__": "estimator", "class": name, "params": {...},
 encoded recursively. JSON holds ``None``, ``bool``, ``int``, ``str``, finite ``float`` and lists
 as themselves; everything else is an object tagged by ``"__type__"``: ``tuple``, ``dict`` (keys
 that are not strings), ``float`` (nan and infinities), ``scalar`` (a NumPy scalar and its
-dtype), ``array`` (a reference to a named array, with its dtype and shape), ``sparse`` (a
-SciPy CSR or CSC matrix as three arrays), ``random_state``, ``path`` and ``ref`` (an object
-already written at another path: shared objects stay shared).
+dtype), ``array`` (a reference to a named array, with its dtype and shape), ``strings`` (an
+array of str, such as category names, its items in the JSON: safetensors holds numbers only),
+``sparse`` (a SciPy CSR or CSC matrix as three arrays), ``random_state``, ``path`` and ``ref``
+(an object already written at another path: shared objects stay shared).
 
 Decoding builds estimators only from the classes it is given, by name; no name read from a
 file is ever imported, and nothing in a file is executed.
@@ -124,6 +125,8 @@ class Encoder:
             return {TAG: "ref", "path": self._seen[id(value)]}
         if isinstance(value, BaseEstimator):
             write = self._estimator
+        elif type(value) in (np.ndarray, np.memmap) and value.dtype.kind == "U":
+            write = self._strings
         elif type(value) in (np.ndarray, np.memmap):
             write = self._array
         elif type(value) is np.random.RandomState:
@@ -170,6 +173,10 @@ class Encoder:
             "params": {key: self.encode(item, f"{path}.{key}") for key, item in params.items()},
             "state": {key: self.encode(item, f"{path}.{key}") for key, item in state.items()},
         }
+
+    def _strings(self, value, path):
+        # A string array comes back as wide as its longest item (numpy's own choice).
+        return {TAG: "strings", "shape": list(value.shape), "items": value.ravel().tolist()}
 
     def _random_state(self, value, path):
         return {TAG: "random_state", "state": self.encode(value.get_state(), path)}
@@ -224,6 +231,7 @@ class Decoder:
             "path": self._path,
             "ref": self._ref,
             "array": self._array,
+            "strings": self._strings,
             "estimator": self._estimator,
             "random_state": self._random_state,
             "sparse": self._sparse,
@@ -306,6 +314,19 @@ class Decoder:
                 f"the model expects dtype {dtype} and shape {shape}.",
             )
         self.used.add(key)
+        self._objects[path] = value
+        return value
+
+    def _strings(self, node, path):
+        shape = _field(node, "shape", (list,), path)
+        items = _field(node, "items", (list,), path)
+        if self._tensors is None:
+            raise _fail(path, "plain metadata holds no arrays.")
+        if not all(type(n) is int and n >= 0 for n in shape) or math.prod(shape) != len(items):
+            raise _fail(path, f"a strings entry of shape {shape} cannot hold {len(items)} items.")
+        if not all(type(item) is str for item in items):
+            raise _fail(path, "a strings entry holds str items only.")
+        value = np.array(items, dtype=str).reshape(shape)
         self._objects[path] = value
         return value
 

@@ -81,17 +81,24 @@ def decision_threshold(model):
     return float(parts.decider.threshold_)
 
 
+# Attributes that hold the estimators of a meta-estimator (one, or a dict of them): a
+# wrapper's estimator, a MultiCategoryDetector's features and per-category heads.
+_INNER_ESTIMATORS = ("estimator", "estimator_", "features", "features_", "head", "heads_")
+
+
 def every_estimator(model):
-    """``model`` and every estimator inside it: pipeline steps, nested pipelines, and the
-    ``estimator`` and fitted ``estimator_`` of wrappers."""
+    """``model`` and every estimator inside it: pipeline steps, nested pipelines, the
+    ``estimator`` and fitted ``estimator_`` of wrappers, and the ``features`` and ``head``
+    (and fitted ``features_`` and ``heads_``) of a MultiCategoryDetector."""
     found = [model]
     for _, step in getattr(model, "steps", None) or []:
         if step is not None and not isinstance(step, str):
             found += every_estimator(step)
-    for name in ("estimator", "estimator_"):
+    for name in _INNER_ESTIMATORS:
         inner = vars(model).get(name) if hasattr(model, "__dict__") else None
-        if inner is not None and hasattr(inner, "get_params"):
-            found += every_estimator(inner)
+        for item in inner.values() if isinstance(inner, dict) else [inner]:
+            if item is not None and hasattr(item, "get_params"):
+                found += every_estimator(item)
     return found
 
 
