@@ -92,9 +92,10 @@ class DriftMonitor(BaseEstimator):
         Significance of each block's test: the chance that a block of normal images alarms.
     run_length : float, default=10000
         Average number of normal images between false alarms of the CUSUM.
-    drift : float, default=0.5
+    drift : float, default=0.15
         CUSUM reference value, in standard deviations of a percentile: half the shift it
-        detects fastest.
+        detects fastest. Small values catch small lasting shifts (a change of light)
+        sooner, large ones large shifts (a blur, a moved camera) a few images sooner.
 
     Attributes
     ----------
@@ -104,8 +105,12 @@ class DriftMonitor(BaseEstimator):
         Anomaly score beyond which the model flags an image (None if not given).
     expected_share_ : float or None
         Share of the reference scores beyond ``threshold_``.
+    reference_value_ : float
+        The CUSUM's reference value: ``drift`` plus twice the standard error, in the same
+        units, of the median's percentile in a reference of this size (a small reference
+        would otherwise look like a shift).
     limit_ : float
-        The CUSUM's limit, from :func:`cusum_limit`.
+        The CUSUM's limit, from :func:`cusum_limit` for ``reference_value_``.
     n_seen_ : int
         Scores fed since :meth:`fit` or :meth:`reset`.
     alarms_ : list of dict
@@ -133,7 +138,7 @@ class DriftMonitor(BaseEstimator):
         "drift": [Interval(Real, 0, None, closed="neither")],
     }
 
-    def __init__(self, *, window=50, alpha=0.001, run_length=10_000, drift=0.5):
+    def __init__(self, *, window=50, alpha=0.001, run_length=10_000, drift=0.15):
         self.window = window
         self.alpha = alpha
         self.run_length = run_length
@@ -185,7 +190,12 @@ class DriftMonitor(BaseEstimator):
         self.expected_share_ = (
             None if threshold is None else float(np.mean(reference > self.threshold_))
         )
-        self.limit_ = cusum_limit(self.run_length, self.drift)
+        # A reference of n scores places the median's percentile only to within about
+        # 1 / (2 sqrt(n)) (one standard error); every production score inherits that error,
+        # and the CUSUM would add it up like a real shift: two standard errors are added to
+        # the reference value.
+        self.reference_value_ = self.drift + 1.0 / np.sqrt(reference.size) / _UNIFORM_SD
+        self.limit_ = cusum_limit(self.run_length, self.reference_value_)
         self.reset()
         return self
 
@@ -247,7 +257,8 @@ class DriftMonitor(BaseEstimator):
 
     def _update_cusum(self, scores, first):
         z = (self.percentiles(scores) - 0.5) / _UNIFORM_SD
-        for side, increments in enumerate((z - self.drift, -z - self.drift)):
+        k = self.reference_value_
+        for side, increments in enumerate((z - k, -z - k)):
             start = 0
             while start < increments.size:
                 sums = _cusum(self._cusum[side], increments[start:])

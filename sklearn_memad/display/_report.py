@@ -187,6 +187,76 @@ def _thumbnails(indices, names, overlays, shown, base):
     return f'<div class="thumbs">{"".join(figures)}</div>' if figures else "<p>None.</p>"
 
 
+def _numbers(summary, n_images, threshold, threshold_percentile):
+    unit = (
+        f" (anomaly percentile {threshold_percentile:.1f})"
+        if threshold_percentile is not None
+        else ""
+    )
+    counts = f"{summary['n_good']} good, {summary['n_defective']} defective"
+    return [
+        ("images", f"{n_images} ({counts})"),
+        ("threshold", f"{threshold:.4g}{unit}"),
+        ("recall", f"{summary['recall']:.3f} ({summary['caught']} of {summary['n_defective']})"),
+        (
+            "false-positive rate",
+            f"{summary['false_positive_rate']:.3f} "
+            f"({summary['false_alarms']} of {summary['n_good']} good images flagged)",
+        ),
+        ("precision", f"{summary['precision']:.3f}"),
+        ("image AUROC", f"{summary['auroc']:.3f}"),
+        ("average precision", f"{summary['average_precision']:.3f}"),
+    ]
+
+
+def _charts(summary, defective, scores, threshold):
+    if not (summary["n_defective"] and summary["n_good"]):
+        return []
+    false_rate, true_rate, _ = roc_curve(defective, scores)
+    precision, recall, _ = precision_recall_curve(defective, scores)
+    return [
+        "<h2>Curves</h2>",
+        '<div class="charts">',
+        _curve_svg(
+            false_rate,
+            true_rate,
+            (summary["false_positive_rate"], summary["recall"]),
+            "false-positive rate",
+            "recall",
+            "ROC curve, the threshold as a red dot",
+        ),
+        _curve_svg(
+            recall,
+            precision,
+            (summary["recall"], summary["precision"]),
+            "recall",
+            "precision",
+            "precision-recall curve, the threshold as a red dot",
+        ),
+        _histogram_svg(scores, defective, threshold),
+        "</div>",
+    ]
+
+
+def _mistakes(labels, scores, threshold, names, overlays, percentiles, path, n_worst):
+    """The thumbnails of the worst false positives and false negatives."""
+    defective, flagged = labels == -1, scores > threshold
+    shown = [
+        f"{s:.4g}" + (f" (percentile {p:.1f})" if percentiles is not None else "")
+        for s, p in zip(scores, percentiles if percentiles is not None else scores)
+    ]
+    false_positives = np.flatnonzero(flagged & ~defective)
+    false_negatives = np.flatnonzero(~flagged & defective)
+    worst_fp = false_positives[np.argsort(-scores[false_positives], kind="stable")][:n_worst]
+    worst_fn = false_negatives[np.argsort(scores[false_negatives], kind="stable")][:n_worst]
+    return [
+        "<h2>Worst false positives (good images flagged, highest scores first)</h2>",
+        _thumbnails(worst_fp, names, overlays, shown, path.parent),
+        "<h2>Worst false negatives (defective images passed, lowest scores first)</h2>",
+        _thumbnails(worst_fn, names, overlays, shown, path.parent),
+    ]
+
+
 def write_report(
     path,
     labels,
@@ -246,77 +316,19 @@ def write_report(
     (1, True)
     """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
-    defective, flagged = labels == -1, scores > threshold
     summary = decision_summary(labels, scores, threshold, kinds)
     path = Path(path)
-    unit = (
-        f" (anomaly percentile {threshold_percentile:.1f})"
-        if threshold_percentile is not None
-        else ""
-    )
-    counts = f"{summary['n_good']} good, {summary['n_defective']} defective"
-    numbers = [
-        ("images", f"{len(scores)} ({counts})"),
-        ("threshold", f"{threshold:.4g}{unit}"),
-        ("recall", f"{summary['recall']:.3f} ({summary['caught']} of {summary['n_defective']})"),
-        (
-            "false-positive rate",
-            f"{summary['false_positive_rate']:.3f} "
-            f"({summary['false_alarms']} of {summary['n_good']} good images flagged)",
-        ),
-        ("precision", f"{summary['precision']:.3f}"),
-        ("image AUROC", f"{summary['auroc']:.3f}"),
-        ("average precision", f"{summary['average_precision']:.3f}"),
-    ]
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p>{html.escape(note)}</p>" for note in notes),
         "<h2>At the threshold</h2>",
-        _table(None, numbers),
+        _table(None, _numbers(summary, len(scores), threshold, threshold_percentile)),
+        *_charts(summary, labels == -1, scores, threshold),
     ]
-    if summary["n_defective"] and summary["n_good"]:
-        false_rate, true_rate, _ = roc_curve(defective, scores)
-        precision, recall, _ = precision_recall_curve(defective, scores)
-        sections += [
-            "<h2>Curves</h2>",
-            '<div class="charts">',
-            _curve_svg(
-                false_rate,
-                true_rate,
-                (summary["false_positive_rate"], summary["recall"]),
-                "false-positive rate",
-                "recall",
-                "ROC curve, the threshold as a red dot",
-            ),
-            _curve_svg(
-                recall,
-                precision,
-                (summary["recall"], summary["precision"]),
-                "recall",
-                "precision",
-                "precision-recall curve, the threshold as a red dot",
-            ),
-            _histogram_svg(scores, defective, threshold),
-            "</div>",
-        ]
     if summary["kinds"]:
         rows = [(k, f"{c} / {t}", round(c / t, 3)) for k, c, t in summary["kinds"]]
         sections += ["<h2>Per defect kind</h2>", _table(["kind", "caught", "recall"], rows)]
-    shown = [
-        f"{s:.4g}" + (f" (percentile {p:.1f})" if percentiles is not None else "")
-        for s, p in zip(scores, percentiles if percentiles is not None else scores)
-    ]
-    false_positives = np.flatnonzero(flagged & ~defective)
-    false_negatives = np.flatnonzero(~flagged & defective)
-    worst_fp = false_positives[np.argsort(-scores[false_positives], kind="stable")][:n_worst]
-    worst_fn = false_negatives[np.argsort(scores[false_negatives], kind="stable")][:n_worst]
-    base = path.parent
-    sections += [
-        "<h2>Worst false positives (good images flagged, highest scores first)</h2>",
-        _thumbnails(worst_fp, names, overlays, shown, base),
-        "<h2>Worst false negatives (defective images passed, lowest scores first)</h2>",
-        _thumbnails(worst_fn, names, overlays, shown, base),
-    ]
+    sections += _mistakes(labels, scores, threshold, names, overlays, percentiles, path, n_worst)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
