@@ -528,3 +528,21 @@ def test_the_standard_pipeline_parts_make_a_multi_category_detector(data):
     np.testing.assert_allclose(
         model.score_samples(X_test, categories="washer"), want, rtol=1e-6, atol=1e-6
     )
+
+
+def test_memad_score_names_a_multi_category_file_and_what_to_do(tmp_path, capsys):
+    from sklearn_memad import FeatureTransformer, PaDiMDetector, cli
+    from sklearn_memad.persistence import save_model
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    model = MultiCategoryDetector(
+        FeatureTransformer(backbone="resnet18", weights=None, image_size=32, random_state=0),
+        PaDiMDetector(),
+    ).fit(images, categories=["a"] * 4 + ["b"] * 4)
+    path = tmp_path / "parts.safetensors"
+    save_model(model, path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    code = cli.main(["score", "--model", str(path), str(folder), "--out", str(tmp_path / "o")])
+    assert code == 4
+    assert "MultiCategoryDetector of 2 categories" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .. import defaults
+from ..categories import MultiCategoryDetector
 from ..datasets import READ_ERRORS, find_images, folder_labels, mask_name, read_images, read_rgb
 from ..display import compose_panels, score_caption, write_report
 from ..distributed import score_samples as score_on_cluster
@@ -53,6 +54,13 @@ def _load(path, device):
         pipe, header = load_model(path, return_info=True)
     except (FileNotFoundError, ModelFileError) as exc:
         raise CommandError(str(exc), EXIT_MODEL) from exc
+    if isinstance(pipe, MultiCategoryDetector):
+        raise CommandError(
+            f"'{path}' holds a MultiCategoryDetector of {len(pipe.categories_)} categories; "
+            "memad score scores one part number: save one category's pipeline "
+            "(save_model(model.category_pipeline(name), ...)) and score with that file.",
+            EXIT_MODEL,
+        )
     pipeline = inner_pipeline(pipe)
     if pipeline is None or not isinstance(pipeline.steps[0][1], FeatureTransformer):
         raise CommandError(
