@@ -162,7 +162,7 @@ def _patchcore_match(detector, queries):
             "This PatchCoreDetector does not record where its coreset entries come from (it "
             "was fitted by an earlier version of sklearn_memad); fit it again to explain."
         )
-    distance, nearest = detector._searcher.kneighbors(queries, 1)
+    distance, nearest = detector.kneighbors(queries, 1)
     entry = nearest[:, 0]
     position = detector.coreset_position_[entry]
     train_image = detector.coreset_source_[entry].astype(np.int64)

@@ -118,3 +118,13 @@ def test_picks_are_capped_at_the_grid_and_repeat_once_all_are_hidden():
     found = nearest_normal(PatchCoreDetector(random_state=0).fit(train), train[:1], top=6)
     assert len(found.image) == 4  # a 2 x 2 grid
     np.testing.assert_array_equal(found.position[1:], found.position[[0, 0, 0]])
+
+
+def test_patchcore_kneighbors_finds_its_own_entries_and_checks_the_width():
+    detector = PatchCoreDetector(coreset_ratio=0.3, random_state=0).fit(_grids(10, 6))
+    distances, indices = detector.kneighbors(detector.coreset_[:5], 2)
+    np.testing.assert_array_equal(indices[:, 0], np.arange(5))
+    np.testing.assert_allclose(distances[:, 0], 0.0, atol=1e-3)
+    assert distances.shape == (5, 2) and (distances[:, 1] > 0).all()
+    with pytest.raises(ValueError, match="features"):
+        detector.kneighbors(np.zeros((2, 3), dtype=np.float32))

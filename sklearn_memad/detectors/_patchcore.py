@@ -393,6 +393,28 @@ class PatchCoreDetector(BaseMemoryDetector):
                 state.pop(name, None)
         return state
 
+    def kneighbors(self, X, n_neighbors=None):
+        """The coreset entries nearest to patch features, as the patch scores measure them.
+
+        Parameters
+        ----------
+        X : array-like of shape (m, d)
+            Patch features (rows of grids).
+        n_neighbors : int, default=None
+            Entries per patch (capped at the coreset size); None takes ``n_neighbors``.
+
+        Returns
+        -------
+        distances : ndarray of shape (m, k), float32
+            Euclidean distances, nearest first.
+        indices : ndarray of shape (m, k)
+            Rows of ``coreset_`` (see ``coreset_source_`` and ``coreset_position_`` for
+            where each comes from).
+        """
+        grids = self._validated_grids(np.asarray(X).reshape(-1, self.n_features_in_))
+        k = self.n_neighbors if n_neighbors is None else int(n_neighbors)
+        return self._searcher.kneighbors(grids.reshape(-1, self.n_features_in_), k)
+
     def _score_patches(self, grids):
         n, h, w, d = grids.shape
         queries = grids.reshape(-1, d)
