@@ -411,7 +411,7 @@ class PatchCoreDetector(BaseMemoryDetector):
             Rows of ``coreset_`` (see ``coreset_source_`` and ``coreset_position_`` for
             where each comes from).
         """
-        grids = self._validated_grids(np.asarray(X).reshape(-1, self.n_features_in_))
+        grids = self._validated_grids(X)  # 2-D input is read as (m, 1, 1, d)
         k = self.n_neighbors if n_neighbors is None else int(n_neighbors)
         return self._searcher.kneighbors(grids.reshape(-1, self.n_features_in_), k)
 
