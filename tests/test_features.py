@@ -444,9 +444,10 @@ def test_efficientnet_lite0_uses_tensorflow_normalisation(lite0):
 def test_efficientnet_lite0_features(lite0, images):
     ft = FeatureTransformer(backbone="efficientnet_lite0", layers=None, image_size=SIZE)
     out = ft.fit_transform(images)
-    # _blocks.4 (40 ch, stride 8) + _blocks.10 (112 ch, stride 16)
-    assert out.shape == (5, 8, 8, 152) and ft.feature_shape_ == (8, 8, 152)
-    explicit = ft.set_params(layers=("_blocks.4", "_blocks.10")).fit_transform(images)
+    # _blocks.4 (40 ch, stride 8) + _blocks.10 (112 ch, stride 16) + _blocks.14 (192, 32)
+    assert out.shape == (5, 8, 8, 344) and ft.feature_shape_ == (8, 8, 344)
+    layers = ("_blocks.4", "_blocks.10", "_blocks.14")
+    explicit = ft.set_params(layers=layers).fit_transform(images)
     np.testing.assert_array_equal(out, explicit)
     assert out.std() > 0
 
@@ -455,8 +456,10 @@ def test_efficientnet_lite0_default_layers_and_layer_names(images):
     pytest.importorskip("efficientnet_lite_pytorch")
     # The default layers are the backbone's recommended ones, for every backbone.
     fitted = FeatureTransformer(backbone="efficientnet_lite0", image_size=SIZE).fit(images)
-    assert fitted.feature_shape_[2] == 40 + 112
-    with pytest.raises(ValueError, match=r"'_blocks'.*Recommended.*'_blocks.4', '_blocks.10'"):
+    assert fitted.feature_shape_[2] == 40 + 112 + 192
+    with pytest.raises(
+        ValueError, match=r"'_blocks'.*Recommended.*'_blocks.4', '_blocks.10', '_blocks.14'"
+    ):
         FeatureTransformer(backbone="efficientnet_lite0", layers=("layer2",), image_size=SIZE).fit(
             images
         )
@@ -475,7 +478,7 @@ def test_no_network_needed_for_lite0(images, monkeypatch, tmp_path):
     monkeypatch.setenv(OFFLINE_ENV, "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     ft = FeatureTransformer(backbone="efficientnet_lite0", layers=None, image_size=32)
-    assert ft.fit_transform(images[:1]).shape == (1, 4, 4, 152)
+    assert ft.fit_transform(images[:1]).shape == (1, 4, 4, 344)
     assert not any(Path(tmp_path).iterdir())
 
 

@@ -47,10 +47,11 @@ class FeatureTransformer(TransformerMixin, BaseEstimator):
     layers : str, tuple of str or None, default=None
         Names of the backbone submodules whose outputs are used, as in
         ``model.named_modules()`` (nested modules with dots). The output keeps this order along
-        the feature axis. None selects the recommended pair for the backbone (stride 8 and
-        16): ``("layer2", "layer3")`` for ResNets, ``("_blocks.4", "_blocks.10")``
-        (d = 40 + 112 = 152) for EfficientNet-Lite0, ``("_blocks.6", "_blocks.14")`` for
-        Lite1 (d = 152) and Lite2 (d = 168). An unknown name raises a ``ValueError`` that lists
+        the feature axis. None selects the recommended layers for the backbone: the last
+        stages at stride 8 and 16, ``("layer2", "layer3")`` for ResNets, ``("_blocks.6",
+        "_blocks.14")`` for EfficientNet-Lite1 (d = 152) and Lite2 (d = 168); for Lite0
+        also its last block at stride 32, ``("_blocks.4", "_blocks.10", "_blocks.14")``
+        (d = 40 + 112 + 192 = 344). An unknown name raises a ``ValueError`` that lists
         the valid top-level names. A module that runs several times per forward pass (a
         shared activation) contributes its first output.
 

@@ -25,7 +25,7 @@ class LocalAggregation(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    size : int, default=3
+    size : int, default=5
         Side of the square neighbourhood, an odd number >= 1 (1 is the identity).
     copy : bool, default=True
         If False, aggregate in place when the grids are a writable float32 C-contiguous
