@@ -31,7 +31,6 @@ Example::
 import argparse
 import gc
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from merge_quality import DEFAULT_DATA, load_average, run_meta  # noqa: E402
-from streaming import _augmented, _status_bytes, wait_for_quiet  # noqa: E402
+from streaming import (  # noqa: E402
+    _augmented,
+    _status_bytes,
+    run_worker_process,
+    wait_for_quiet,
+)
 
 MIB = 1 << 20
 VARIANTS = ("one", "separate")
@@ -228,15 +232,7 @@ def run_one(args, worker, variant, folder):
     cmd += ["--n-test", str(args.n_test), "--backbone", args.backbone, "--weights", args.weights]
     cmd += ["--image-size", str(args.image_size), "--threads", str(args.threads)]
     cmd += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"failed": f"timed out after {args.timeout:.0f} s"}
-    if out.returncode != 0:
-        reason = "killed (out of memory?)" if out.returncode < 0 else out.stderr[-2000:]
-        return {"failed": f"exit {out.returncode}: {reason}"}
-    record = json.loads(out.stdout.strip().splitlines()[-1])
-    record["load_before"] = round(load[0], 2)
+    record = run_worker_process(cmd, args.timeout, load)
     print(json.dumps(record), flush=True)
     return record
 

@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from streaming import _status_bytes, image_chunks, wait_for_quiet  # benchmarks/streaming.py
+from streaming import (  # benchmarks/streaming.py
+    _status_bytes,
+    image_chunks,
+    run_worker_process,
+    wait_for_quiet,
+)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mtd"
@@ -149,16 +153,7 @@ def run_one(args, extra):
     cmd = [sys.executable, __file__, "--data", args.data, "--image-size", str(args.image_size)]
     cmd += ["--n-train", str(args.n_train), "--backbone", args.backbone]
     cmd += ["--weights", args.weights] + extra
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"failed": f"timed out after {args.timeout:.0f} s"}
-    if out.returncode != 0:
-        reason = "killed (out of memory?)" if out.returncode < 0 else out.stderr[-2000:]
-        return {"failed": f"exit {out.returncode}: {reason}"}
-    record = json.loads(out.stdout.strip().splitlines()[-1])
-    record["load_before"] = round(load[0], 2)
-    return record
+    return run_worker_process(cmd, args.timeout, load)
 
 
 def measure(args, method, folder):

@@ -166,6 +166,21 @@ def run_worker(args):
 
 
 # ----------------------------------------------------------------------------- driver side
+def run_worker_process(cmd, timeout, load):
+    """Run a worker process that prints its record as a JSON last line; the record, with the
+    load found before it started, or why it failed."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout:.0f} s"}
+    if out.returncode != 0:
+        reason = "killed (out of memory?)" if out.returncode < 0 else out.stderr[-2000:]
+        return {"failed": f"exit {out.returncode}: {reason}"}
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    record["load_before"] = round(load[0], 2)
+    return record
+
+
 def wait_for_quiet(max_load, max_wait):
     """Wait until the one-minute load is below ``max_load``; the load found and the wait."""
     start = time.perf_counter()

@@ -8,13 +8,12 @@ controller can act on it.
 """
 
 import csv
-from pathlib import Path
 
 import numpy as np
 
 from ..monitoring import DriftMonitor
-from ..persistence import ModelFileError, load_model
-from .exit_codes import EXIT_ALARM, EXIT_DATA, EXIT_MODEL, EXIT_OK, CommandError, OptionError
+from .exit_codes import EXIT_ALARM, EXIT_DATA, EXIT_MODEL, EXIT_OK, CommandError
+from .outputs import read_model_option
 
 __all__ = ["run"]
 
@@ -45,12 +44,7 @@ def _read_scores(path):
 
 
 def _monitor(args):
-    if Path(args.model).is_dir():
-        raise OptionError(f"--model '{args.model}' is a folder; expected a model file")
-    try:
-        model = load_model(args.model)
-    except (FileNotFoundError, ModelFileError) as exc:
-        raise CommandError(str(exc), EXIT_MODEL) from exc
+    model, _ = read_model_option(args.model)
     params = {"window": args.window, "alpha": args.alpha, "run_length": args.run_length}
     try:
         return DriftMonitor.from_model(model, **params)

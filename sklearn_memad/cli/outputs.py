@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..datasets import mask_name
-from .exit_codes import OptionError
+from ..persistence import ModelFileError, load_model
+from .exit_codes import EXIT_MODEL, CommandError, OptionError
 
 __all__ = [
     "COLUMNS",
@@ -201,3 +202,17 @@ class ScoresTable:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_model_option(path):
+    """The model and metadata of ``--model``; a folder is a usage error, a missing or
+    refused file a model error."""
+    if Path(path).is_dir():
+        raise OptionError(
+            f"--model '{path}' is a folder; expected a model file written by memad fit "
+            "(e.g. model.safetensors)"
+        )
+    try:
+        return load_model(path, return_info=True)
+    except (FileNotFoundError, ModelFileError) as exc:
+        raise CommandError(str(exc), EXIT_MODEL) from exc

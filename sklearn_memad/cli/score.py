@@ -18,7 +18,7 @@ from ..display import compose_panels, score_caption, write_report
 from ..distributed import score_samples as score_on_cluster
 from ..features import FeatureTransformer
 from ..maps import predict_anomaly_maps
-from ..persistence import ModelFileError, inner_pipeline, load_model
+from ..persistence import inner_pipeline
 from ..pipelines import set_device
 from ..utils.chunking import chunked
 from ..utils.pipeline import decision_threshold, model_parts
@@ -37,7 +37,13 @@ from .exit_codes import (
 from .explanations import Explainer, explanation_name
 from .fit import NAMES, cluster_client
 from .messages import report_unscored, warn
-from .outputs import ScoresTable, choose_output_folder, output_names, relative_source
+from .outputs import (
+    ScoresTable,
+    choose_output_folder,
+    output_names,
+    read_model_option,
+    relative_source,
+)
 
 __all__ = ["run"]
 
@@ -50,10 +56,7 @@ OVERLAY_MAX_SIDE = 1024
 
 
 def _load(path, device):
-    try:
-        pipe, header = load_model(path, return_info=True)
-    except (FileNotFoundError, ModelFileError) as exc:
-        raise CommandError(str(exc), EXIT_MODEL) from exc
+    pipe, header = read_model_option(path)
     if isinstance(pipe, MultiCategoryDetector):
         raise CommandError(
             f"'{path}' holds a MultiCategoryDetector of {len(pipe.categories_)} categories; "
@@ -318,17 +321,8 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_model_option(path):
-    if Path(path).is_dir():
-        raise OptionError(
-            f"--model '{path}' is a folder; expected a model file written by memad fit "
-            "(e.g. model.safetensors)"
-        )
-
-
 def run(args):
     """Score every image named on the command line, a chunk of images at a time."""
-    _check_model_option(args.model)
     if args.explain and args.scheduler is not None:
         raise OptionError("--explain draws its panels on this machine: drop --scheduler")
     pipe, header = _load(args.model, args.device)
