@@ -102,15 +102,6 @@ def every_estimator(model):
     return found
 
 
-def _estimators(pipeline):
-    """The pipeline and every estimator among its steps, nested pipelines included."""
-    found = [pipeline]
-    for _, step in getattr(pipeline, "steps", []):
-        if step is not None and not isinstance(step, str):
-            found += _estimators(step)
-    return found
-
-
 @contextmanager
 def restore_steps_on_error(pipeline):
     """Put back ``pipeline`` and all its steps if the block raises.
@@ -122,7 +113,7 @@ def restore_steps_on_error(pipeline):
     ``Pipeline(memory=...)`` edits in place) are a complete snapshot.
     """
     snapshots = []
-    for estimator in _estimators(pipeline):
+    for estimator in every_estimator(pipeline):
         state = dict(estimator.__dict__)
         if isinstance(state.get("steps"), list):
             state["steps"] = list(state["steps"])
