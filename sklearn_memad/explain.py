@@ -23,7 +23,7 @@ import torch
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector
+from .detectors import DFKDEDetector, PaDiMDetector, PatchCoreDetector, effective_border
 from .utils.pipeline import model_parts
 
 __all__ = ["nearest_normal"]
@@ -55,7 +55,8 @@ def nearest_normal(model, X, *, top=3, train_images=None, train_paths=None):
         that need it (the flagged ones), not a whole production run.
     top : int, default=3
         Patches explained per image: the most anomalous, each hiding its 8 neighbours from
-        the next pick (a defect spans several patches).
+        the next pick (a defect spans several patches). Picks stay inside the detector's
+        ``border``, whose rings only repeat inner scores.
     train_images : array-like, default=None
         The training images (or grids), in the order the model was fitted on them. Needed
         for PaDiM, which keeps no training patches; ignored by the other detectors.
@@ -66,8 +67,9 @@ def nearest_normal(model, X, *, top=3, train_images=None, train_paths=None):
     Returns
     -------
     explanation : :class:`~sklearn.utils.Bunch`
-        Arrays with one row per explained patch, ``n * min(top, h * w)`` rows ordered by
-        image then rank (picks repeat the first once its neighbours hide the whole grid):
+        Arrays with one row per explained patch, ``n * min(top, inner patches)`` rows
+        ordered by image then rank (picks repeat the first once its neighbours hide the
+        whole grid):
         ``image`` (index in ``X``), ``rank`` (0 = most anomalous), ``score`` (the patch's
         anomaly score), ``position`` (row, column in the grid), ``box`` (top, left,
         bottom, right as fractions of the image), ``train_image`` (index of the matched
@@ -87,13 +89,13 @@ def nearest_normal(model, X, *, top=3, train_images=None, train_paths=None):
     >>> from sklearn_memad import PatchCoreDetector
     >>> from sklearn_memad.explain import nearest_normal
     >>> rng = np.random.default_rng(0)
-    >>> train = rng.normal(size=(10, 4, 4, 8)).astype(np.float32)
+    >>> train = rng.normal(size=(10, 8, 8, 8)).astype(np.float32)
     >>> detector = PatchCoreDetector(coreset_ratio=1.0, random_state=0).fit(train)
     >>> test = train[3:4].copy()
     >>> test[0, 1, 2] += 5.0  # an abnormal patch in a copy of training image 3
     >>> found = nearest_normal(detector, test, top=2)
     >>> found.position[0], found.box[0]
-    (array([1, 2]), array([0.25, 0.5 , 0.5 , 0.75]))
+    (array([1, 2]), array([0.125, 0.25 , 0.25 , 0.375]))
     >>> int(found.train_image[1])  # the next patch matches its own original
     3
     """
@@ -101,7 +103,7 @@ def nearest_normal(model, X, *, top=3, train_images=None, train_paths=None):
     detector = parts.detector
     grids = parts.head.transform(X) if parts.head is not None else np.asarray(X)
     patch_scores = detector.score_patches(grids)
-    image, rank, rows, cols = _most_anomalous(patch_scores, top)
+    image, rank, rows, cols = _most_anomalous(patch_scores, top, detector.border)
     queries = grids[image, rows, cols]
     if isinstance(detector, PatchCoreDetector):
         match = _patchcore_match(detector, queries)
@@ -129,11 +131,15 @@ def nearest_normal(model, X, *, top=3, train_images=None, train_paths=None):
     return explanation
 
 
-def _most_anomalous(patch_scores, top):
-    """(image, rank, row, column) of the ``top`` picks per image, highest first."""
+def _most_anomalous(patch_scores, top, border):
+    """(image, rank, row, column) of the ``top`` picks per image, highest first, inside the
+    detector's ``border`` (whose rings only repeat inner scores)."""
     n, h, w = patch_scores.shape
-    top = min(top, h * w)
-    scores = np.array(patch_scores, dtype=np.float64).reshape(n, h, w)
+    b = effective_border((h, w), border)
+    top = min(top, (h - 2 * b) * (w - 2 * b))
+    candidates = np.full((n, h, w), -np.inf)
+    candidates[:, b : h - b, b : w - b] = patch_scores[:, b : h - b, b : w - b]
+    scores = candidates.copy()
     picks = np.empty((n, top), dtype=np.intp)
     every = np.arange(n)
     for rank in range(top):  # a few picks, each for all images at once
@@ -146,7 +152,7 @@ def _most_anomalous(patch_scores, top):
                 scores[every, r, c] = -np.inf
         # Once an image's grid is used up, the rest of its picks repeat its first one.
         empty = ~np.isfinite(scores.reshape(n, -1).max(axis=1))
-        scores[empty] = patch_scores[empty]
+        scores[empty] = candidates[empty]
     rows, cols = np.divmod(picks.ravel(), w)
     return np.repeat(every, top), np.tile(np.arange(top), n), rows, cols
 

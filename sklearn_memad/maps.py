@@ -156,19 +156,19 @@ def _maps_and_scores(parts, X, output_size, sigma, chunk_size):
     of one chunk exist at a time.
     """
     sigma = check_sigma(sigma)
-    top_k = parts.detector.top_k
+    top_k, border = parts.detector.top_k, parts.detector.border
     n_samples = sample_count(X)
     if n_samples is None or n_samples <= chunk_size:
         patch_scores = _patch_scores(parts, X)
         maps = patch_to_pixel_maps(patch_scores, output_size, sigma)
-        return maps, image_scores_from_patches(patch_scores, top_k)
+        return maps, image_scores_from_patches(patch_scores, top_k, border)
     maps = np.empty((n_samples,) + tuple(int(v) for v in output_size), dtype=np.float32)
     scores = np.empty(n_samples)
     start = 0
     for chunk in sample_chunks(X, chunk_size):
         patch_scores = _patch_scores(parts, chunk)
         stop = start + len(patch_scores)
-        scores[start:stop] = image_scores_from_patches(patch_scores, top_k)
+        scores[start:stop] = image_scores_from_patches(patch_scores, top_k, border)
         _pixel_maps_into(patch_scores, maps[start:stop], sigma)
         start = stop
     return maps, scores

@@ -252,9 +252,9 @@ def predict_masks(estimator, X, threshold, *, sigma=4.0, output_size=None):
     >>> rng = np.random.default_rng(0)
     >>> detector = PatchCoreDetector(random_state=0).fit(rng.normal(size=(20, 4, 4, 8)))
     >>> grids = rng.normal(size=(1, 4, 4, 8))
-    >>> grids[0, 0, 0] += 10.0                        # a defect in the top-left patch
+    >>> grids[0, 1, 1] += 10.0                        # a defect in patch (1, 1)
     >>> masks = predict_masks(detector, grids, threshold=6.0, output_size=(16, 16))
-    >>> masks.shape, bool(masks[0, 0, 0]), bool(masks[0, 15, 15])
+    >>> masks.shape, bool(masks[0, 5, 5]), bool(masks[0, 15, 15])
     ((1, 16, 16), True, False)
     """
     if not np.isfinite(threshold):

@@ -41,6 +41,7 @@ def test_detectors_take_their_defaults_from_one_place():
     for detector in (PaDiMDetector(), patchcore, DFKDEDetector()):
         assert detector.contamination == defaults.CONTAMINATION
         assert detector.top_k == defaults.TOP_K
+        assert detector.border == defaults.BORDER
     assert LocalAggregation().size == defaults.AGGREGATION_SIZE
     features = FeatureTransformer()
     assert features.layers is None  # the backbone's recommended layers
@@ -59,7 +60,8 @@ def test_standard_pipelines_use_the_detectors_defaults(method):
     assert pipe.chunk_size == DetectorPipeline([("d", detector)]).chunk_size
     assert pipe.chunk_size == defaults.SCORE_CHUNK
     bare = type(detector)()
-    for name in ("contamination", "top_k", "reg", "bandwidth", "coreset_ratio", "n_neighbors"):
+    names = ("contamination", "top_k", "border", "reg", "bandwidth", "coreset_ratio")
+    for name in names + ("n_neighbors",):
         if hasattr(bare, name):
             assert getattr(detector, name) == getattr(bare, name), name
     if method == "patchcore":

@@ -67,7 +67,7 @@ def test_outlier_api_conventions(detector, train, test_set):
 @pytest.mark.parametrize("detector", DETECTORS, ids=IDS)
 def test_top_k_mean(detector, train, test_set):
     normal, _ = test_set
-    est = clone(detector).set_params(top_k=4).fit(train)
+    est = clone(detector).set_params(top_k=4, border=0).fit(train)
     patch = est.score_patches(normal).reshape(len(normal), -1)
     expected = np.sort(patch, axis=1)[:, -4:].mean(axis=1)
     np.testing.assert_allclose(-est.score_samples(normal), expected)
@@ -149,7 +149,7 @@ def test_2d_input_is_one_patch_per_sample(detector):
 
 
 def test_padim_matches_direct_mahalanobis(train):
-    est = PaDiMDetector(reg=0.05).fit(train)
+    est = PaDiMDetector(reg=0.05, border=0).fit(train)
     x = _grids(3, seed=9)
     flat = train.reshape(len(train), 30, 8).astype(np.float64)
     expected = np.empty((3, 30))

@@ -106,18 +106,19 @@ def test_bad_arguments_are_refused(fitted, tmp_path):
         as_torch_module(pipe, (0, 48))
 
 
+# 5 x 5 grids: two rings of border leave one inner patch, none keeps them all.
 OTHER_STEPS = {
-    "patchcore_top_k": lambda: (
+    "patchcore_top_k_border2": lambda: (
         LocalAggregation(size=5),
-        PatchCoreDetector(n_neighbors=3, top_k=5, coreset_ratio=0.5, random_state=0),
+        PatchCoreDetector(n_neighbors=3, top_k=5, coreset_ratio=0.5, random_state=0, border=2),
     ),
     "padim_channels": lambda: (
         RandomProjection(n_components=6, method="channels", random_state=0),
         PaDiMDetector(top_k=4),
     ),
-    "dfkde_sparse": lambda: (
+    "dfkde_sparse_no_border": lambda: (
         RandomProjection(n_components=5, method="sparse", random_state=0),
-        DFKDEDetector(bandwidth=0.8, top_k=2),
+        DFKDEDetector(bandwidth=0.8, top_k=2, border=0),
     ),
 }
 

@@ -54,7 +54,7 @@ def _fit_and_score(method, features, grids_train, grids_test, data, options):
         middle.transform(grids_test) if middle is not None else grids_test
     )
     maps = patch_to_pixel_maps(patch_scores, data.X_test.shape[1:3])
-    scores = image_scores_from_patches(patch_scores, pipe[-1].top_k)
+    scores = image_scores_from_patches(patch_scores, pipe[-1].top_k, pipe[-1].border)
     score_s = time.perf_counter() - start
     return {
         "method": method,

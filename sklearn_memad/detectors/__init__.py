@@ -1,6 +1,8 @@
-"""The memory-based detectors, their base class, merging, and image scores from patch scores."""
+"""The memory-based detectors, their base class, merging, and image scores and maps from patch
+scores."""
 
 from ._base import BaseMemoryDetector, image_scores_from_patches
+from ._border import effective_border, fill_border
 from ._dfkde import DFKDEDetector
 from ._merge import merge_detectors
 from ._padim import PaDiMDetector
@@ -12,6 +14,8 @@ __all__ = [
     "PaDiMDetector",
     "PatchCoreDetector",
     "auto_coreset_ratio",
+    "effective_border",
+    "fill_border",
     "image_scores_from_patches",
     "merge_detectors",
 ]

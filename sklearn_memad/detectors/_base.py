@@ -1,7 +1,8 @@
 """Shared scikit-learn plumbing of the memory-based detectors.
 
 A detector turns patch-feature grids ``(n, h, w, d)`` into patch anomaly scores ``(n, h, w)``
-(higher = more abnormal) and image scores (their max, or the mean of the ``top_k`` largest).
+(higher = more abnormal) and image scores (their max, or the mean of the ``top_k`` largest,
+leaving the grid's ``border`` rings out).
 Subclasses only build their memory (``_fit_memory``), score patches against it
 (``_score_patches``) and score the training grids out of sample
 (``_out_of_sample_patch_scores``); this base class does validation, image scores, the
@@ -21,6 +22,7 @@ from ..utils.devices import DeviceArrays, resolve_device
 from ..utils.reservoir import reservoir_indices
 from ..utils.tensors import read_tensor
 from ..utils.validation import check_grid_shape, check_grids, restore_on_error
+from ._border import fill_border, inner_patches
 
 __all__ = ["BaseMemoryDetector", "image_offsets", "image_scores_from_patches"]
 
@@ -28,11 +30,12 @@ __all__ = ["BaseMemoryDetector", "image_offsets", "image_scores_from_patches"]
 _TUKEY_FENCE = 1.5
 
 
-def image_scores_from_patches(patch_scores, top_k=1):
+def image_scores_from_patches(patch_scores, top_k=1, border=0):
     """Image anomaly scores from patch anomaly scores: the largest, or the ``top_k`` mean.
 
     This is how every detector turns ``score_patches`` into ``score_samples`` (which is its
-    opposite), so scores computed from saved patch maps agree with the detector's.
+    opposite), so scores computed from saved patch maps agree with the detector's when given
+    the detector's ``top_k`` and ``border``.
 
     Parameters
     ----------
@@ -40,6 +43,9 @@ def image_scores_from_patches(patch_scores, top_k=1):
         Patch anomaly scores, higher = more abnormal (``score_patches``).
     top_k : int, default=1
         Average of the ``top_k`` largest patch scores of each image; 1 takes the largest.
+    border : int, default=0
+        Outer rings of patches left out; a grid with no inner patch left (``h`` or ``w`` at
+        most ``2 * border``) is taken whole.
 
     Returns
     -------
@@ -53,8 +59,12 @@ def image_scores_from_patches(patch_scores, top_k=1):
     >>> patches = np.array([[[0.0, 1.0], [3.0, 2.0]]])
     >>> image_scores_from_patches(patches), image_scores_from_patches(patches, top_k=2)
     (array([3.]), array([2.5]))
+    >>> corner_hot = np.pad(np.ones((1, 2, 2)), ((0, 0), (1, 1), (1, 1)))
+    >>> corner_hot[0, 0, 0] = 9.0
+    >>> image_scores_from_patches(corner_hot), image_scores_from_patches(corner_hot, border=1)
+    (array([9.]), array([1.]))
     """
-    patch_scores = np.asarray(patch_scores)
+    patch_scores = inner_patches(np.asarray(patch_scores), border)
     flat = patch_scores.reshape(patch_scores.shape[0], -1)
     k = int(min(top_k, flat.shape[1]))
     if k == 1:
@@ -90,6 +100,7 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "top_k": [Interval(Integral, 1, None, closed="left")],
+        "border": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
     }
 
@@ -246,7 +257,7 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
 
     def _calibrate(self, out_of_sample_patch_scores):
         """Set ``train_scores_`` and ``offset_`` from out-of-sample scores of the training set."""
-        self.train_scores_ = -image_scores_from_patches(out_of_sample_patch_scores, self.top_k)
+        self.train_scores_ = -self._image_scores(out_of_sample_patch_scores)
         self.offset_ = self._offset_from(self.train_scores_)
 
     def _offset_from(self, train_scores):
@@ -283,8 +294,14 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             check_grid_shape(self, grids, self.grid_shape_)
         return grids
 
+    def _image_scores(self, patch_scores):
+        return image_scores_from_patches(patch_scores, self.top_k, self.border)
+
     def score_patches(self, X):
         """Anomaly score of every patch (higher = more abnormal).
+
+        The ``border`` outer rings of the grid repeat their nearest inner patch's score, as
+        they are left out of the image score.
 
         Parameters
         ----------
@@ -297,13 +314,14 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             Patch anomaly scores; ``(n, 1, 1)`` for 2-D input.
         """
         grids = self._validated_grids(X)
-        return self._score_patches(grids).astype(np.float64, copy=False)
+        patch_scores = self._score_patches(grids).astype(np.float64, copy=False)
+        return fill_border(patch_scores, self.border)
 
     def score_samples(self, X):
         """Image normality score (lower = more abnormal), scikit-learn's outlier convention.
 
         It is minus the image anomaly score: the largest patch score, or the mean of the
-        ``top_k`` largest ones.
+        ``top_k`` largest ones, leaving the grid's ``border`` outer rings out.
 
         Parameters
         ----------
@@ -316,7 +334,7 @@ class BaseMemoryDetector(OutlierMixin, BaseEstimator):
             Opposite of the image anomaly scores.
         """
         grids = self._validated_grids(X)
-        return -image_scores_from_patches(self._score_patches(grids), self.top_k)
+        return -self._image_scores(self._score_patches(grids))
 
     def decision_function(self, X):
         """Shifted score: negative for anomalies, ``score_samples(X) - offset_``.

@@ -7,7 +7,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _deprecate_positional_args, check_is_fitted
 
-from ..defaults import CONTAMINATION, PADIM_REG, TOP_K
+from ..defaults import BORDER, CONTAMINATION, PADIM_REG, TOP_K
 from ..utils.chunking import chunk_rows
 from ..utils.devices import to_device, to_host
 from ..utils.tensors import read_tensor
@@ -44,6 +44,13 @@ class PaDiMDetector(BaseMemoryDetector):
         grid's size), or the largest one (1). A defect spans several patches while a
         single odd patch of a normal image is often noise: the mean of the largest 30 ranks
         images better than the largest alone, on every data set measured.
+    border : int, default=1
+        Outer rings of patches left out of the image score; in :meth:`score_patches` (and
+        so in the maps) each repeats its nearest inner patch's score. Patches at the grid's
+        edge see the image's edge and the backbone's padding instead of neighbours, and are
+        the highest-scoring patches of normal images far more often than chance. 0 keeps
+        every patch; a grid with no inner patch left (``h`` or ``w`` at most
+        ``2 * border``) is taken whole.
     keep_statistics : bool, default=False
         Keep the sufficient statistics in the fitted model (and its model file), so that it
         can be merged (:func:`merge_detectors`) or continued (:meth:`partial_fit`) exactly.
@@ -125,12 +132,14 @@ class PaDiMDetector(BaseMemoryDetector):
         reg=PADIM_REG,
         contamination=CONTAMINATION,
         top_k=TOP_K,
+        border=BORDER,
         keep_statistics=False,
         device="cpu",
     ):
         self.reg = reg
         self.contamination = contamination
         self.top_k = top_k
+        self.border = border
         self.keep_statistics = keep_statistics
         self.device = device
 

@@ -11,6 +11,7 @@ from sklearn.utils.validation import _deprecate_positional_args
 from ..defaults import (
     AUTO_CORESET_MAX_RATIO,
     AUTO_CORESET_SIZE,
+    BORDER,
     CONTAMINATION,
     CORESET_RATIO,
     N_NEIGHBORS,
@@ -96,6 +97,13 @@ class PatchCoreDetector(BaseMemoryDetector):
         grid's size), or the largest one (1). A defect spans several patches while a
         single odd patch of a normal image is often noise: the mean of the largest 30 ranks
         images better than the largest alone, on every data set measured.
+    border : int, default=1
+        Outer rings of patches left out of the image score; in :meth:`score_patches` (and
+        so in the maps) each repeats its nearest inner patch's score. Patches at the grid's
+        edge see the image's edge and the backbone's padding instead of neighbours, and are
+        the highest-scoring patches of normal images far more often than chance. 0 keeps
+        every patch; a grid with no inner patch left (``h`` or ``w`` at most
+        ``2 * border``) is taken whole.
     random_state : int, RandomState instance or None, default=None
         Seeds the projection, the first coreset entry and the approximate index.
     keep_calibration : bool, default=False
@@ -211,6 +219,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         projection_dim=64,
         contamination=CONTAMINATION,
         top_k=TOP_K,
+        border=BORDER,
         random_state=None,
         keep_calibration=False,
         verbose=False,
@@ -222,6 +231,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         self.projection_dim = projection_dim
         self.contamination = contamination
         self.top_k = top_k
+        self.border = border
         self.random_state = random_state
         self.keep_calibration = keep_calibration
         self.verbose = verbose

@@ -6,8 +6,9 @@ from numbers import Integral
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from ..detectors import PatchCoreDetector
+from ..detectors import PatchCoreDetector, effective_border
 from ..features import FeatureTransformer
 from ..maps import check_sigma, patch_to_pixel_maps
 from ..utils.pipeline import decision_threshold, model_parts
@@ -36,7 +37,9 @@ def _map_operators(grid_shape, image_size, sigma):
 class _ExportedPipeline(nn.Module):
     """Images -> (image anomaly scores, pixel anomaly maps, labels), as one module."""
 
-    def __init__(self, preprocess, features, middle, detector, operators, top_k, threshold):
+    def __init__(
+        self, preprocess, features, middle, detector, operators, top_k, border, threshold
+    ):
         super().__init__()
         self.preprocess, self.features = preprocess, features
         self.middle = nn.ModuleList(middle)
@@ -44,6 +47,7 @@ class _ExportedPipeline(nn.Module):
         self.register_buffer("rows", operators[0])
         self.register_buffer("cols_t", operators[1].T.contiguous())
         self.top_k = int(top_k)
+        self.border = int(border)
         self.threshold = float(threshold)
 
     def forward(self, images):
@@ -51,7 +55,13 @@ class _ExportedPipeline(nn.Module):
         for step in self.middle:
             grids = step(grids)
         patch_scores = self.detector(grids)
-        flat = patch_scores.reshape(patch_scores.shape[0], -1).double()
+        b = self.border
+        if b:
+            inner = patch_scores[:, b:-b, b:-b]
+            patch_scores = F.pad(inner.unsqueeze(1), (b, b, b, b), mode="replicate")[:, 0]
+        else:
+            inner = patch_scores
+        flat = inner.reshape(inner.shape[0], -1).double()
         k = min(self.top_k, flat.shape[1])
         if k == 1:
             scores = flat.max(dim=1).values
@@ -184,6 +194,7 @@ def as_torch_module(estimator, image_size=None, *, sigma=4.0):
         DETECTORS[type(parts.detector)](parts.detector),
         _map_operators(features.finest, size, sigma),
         parts.detector.top_k,
+        effective_border(features.finest, parts.detector.border),
         decision_threshold(estimator),
     )
     return module.eval()
