@@ -16,7 +16,8 @@ off the same patch scores:
 - DFKDE: Gaussian projection size (seed 0) x bandwidth x top_k (``--extra-projection``
   sizes with the first bandwidth only).
 
-Calibration (``offset_``) is skipped: no metric here reads it.
+Calibration (``offset_``) is skipped: no metric here reads it. Patch scores keep every
+patch (``border=0``); ``benchmarks/defaults_check.py`` measures the border.
 
 Data sets (200 training images each, seeded):
 
@@ -223,7 +224,7 @@ def settings(detector, args, n_channels, layer_key):
 
 def _patchcore(train, test, size, ratio):
     agg = LocalAggregation(size=size)
-    det = _RankingOnlyPatchCore(coreset_ratio=ratio, n_neighbors=1, random_state=0)
+    det = _RankingOnlyPatchCore(coreset_ratio=ratio, n_neighbors=1, random_state=0, border=0)
     det.fit(agg.fit_transform(np.ascontiguousarray(train)))
     fit_s = time.perf_counter()
     patches = _chunked(lambda g: det.score_patches(agg.transform(g)), test)
@@ -232,7 +233,7 @@ def _patchcore(train, test, size, ratio):
 
 def _padim(train, test, kept):
     tr = np.ascontiguousarray(train if kept is None else train[..., kept])
-    det = PaDiMDetector().fit(tr)
+    det = PaDiMDetector(border=0).fit(tr)
     del tr
     fit_s = time.perf_counter()
     pick = (lambda g: g) if kept is None else (lambda g: g[..., kept])
@@ -242,7 +243,9 @@ def _padim(train, test, kept):
 def _dfkde(train, test, d, bandwidth):
     proj = RandomProjection(n_components=d, random_state=0)
     bw = bandwidth if bandwidth in ("scott", "silverman") else float(bandwidth)
-    det = _RankingOnlyDFKDE(bandwidth=bw).fit(proj.fit_transform(np.ascontiguousarray(train)))
+    det = _RankingOnlyDFKDE(bandwidth=bw, border=0).fit(
+        proj.fit_transform(np.ascontiguousarray(train))
+    )
     fit_s = time.perf_counter()
     patches = _chunked(lambda g: det.score_patches(proj.transform(g)), test)
     return patches, fit_s, {"bandwidth_": det.bandwidth_}

@@ -1,0 +1,247 @@
+"""The defaults a user gets, against the previous ones, per data set; and the grid's border.
+
+Issue 22, items 1 and 4. On the sets and cached features of ``defaults_sweep.py`` (MTD, ELPV
+mono and poly; EfficientNet-Lite0 at 256 px; 200 training images each), every detector is
+fitted twice, with the previous defaults and with the current ones (layers, aggregation,
+channels, projection, ``top_k``), its patch scores kept whole. The detector's ``border``
+(outer rings of patches left out of the image score; in the maps they repeat their inner
+neighbour) is then applied to those patch scores for every ``--borders`` value, as the
+detectors do. As in the sweep, the border is chosen on half A of each set's test images (the
+best mean image AUROC over the sets) and half B confirms it.
+
+The current tables (features cached by ``defaults_sweep.py`` in ``results/tmp/sweep_*``;
+about 15 minutes on 2 shared cores)::
+
+    python benchmarks/defaults_check.py
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sklearn_memad import defaults
+from sklearn_memad.detectors import fill_border, image_scores_from_patches
+from sklearn_memad.maps import patch_to_pixel_maps
+from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from defaults_sweep import (  # noqa: E402
+    LAYER_SETS,
+    SETS,
+    SIGMA,
+    _dfkde,
+    _padim,
+    _patchcore,
+    cached_features,
+    layer_channels,
+    load_set,
+    padim_channels,
+)
+from merge_quality import load_average, run_meta  # noqa: E402
+
+SIZE = 256
+#: The defaults before issue 22, and now (``sklearn_memad/defaults.py``).
+DEFAULTS = {
+    "previous": {
+        "layers": "b4+b10",
+        "top_k": 1,
+        "patchcore": 3,
+        "padim": 100,
+        "dfkde": 16,
+    },
+    "current": {
+        "layers": "b4+b10+b14",
+        "top_k": defaults.TOP_K,
+        "patchcore": defaults.AGGREGATION_SIZE,
+        "padim": defaults.N_COMPONENTS["padim"],
+        "dfkde": defaults.N_COMPONENTS["dfkde"],
+    },
+}
+DESCRIBED = {
+    ("previous", "patchcore"): "`_blocks.4`+`_blocks.10`, 3 x 3 aggregation, largest patch",
+    ("previous", "padim"): "`_blocks.4`+`_blocks.10`, 100 channels, largest patch",
+    ("previous", "dfkde"): "`_blocks.4`+`_blocks.10`, 16-d projection, largest patch",
+    ("current", "patchcore"): "+ `_blocks.14`, 5 x 5 aggregation, mean of the 30 largest",
+    ("current", "padim"): "+ `_blocks.14`, 200 channels, mean of the 30 largest",
+    ("current", "dfkde"): "+ `_blocks.14`, 32-d projection, mean of the 30 largest",
+}
+DETECTORS = ("patchcore", "padim", "dfkde")
+NAMES = {"patchcore": "PatchCore", "padim": "PaDiM", "dfkde": "DFKDE"}
+SET_NAMES = {"mtd": "MTD", "elpv_mono": "ELPV mono", "elpv_poly": "ELPV poly"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mtd", default=str(HERE.parents[1] / "shared" / "data" / "mtd"))
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    p.add_argument("--borders", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--name", default="defaults_check")
+    return p.parse_args(argv)
+
+
+def patch_scores(detector, which, train, test):
+    """Patch scores (every patch kept) of ``detector`` with the ``which`` defaults."""
+    setting = DEFAULTS[which]
+    n = layer_channels(SIZE)[setting["layers"]]
+    train, test = train[..., :n], test[..., :n]
+    if detector == "patchcore":
+        patches, _, _ = _patchcore(train, test, setting["patchcore"], "auto")
+    elif detector == "padim":
+        layers = LAYER_SETS[setting["layers"]]
+        patches, _, _ = _padim(train, test, padim_channels(layers, SIZE, setting["padim"]))
+    else:
+        patches, _, _ = _dfkde(train, test, setting["dfkde"], "scott")
+    return patches
+
+
+def _halved(metric, truth, scores, first):
+    return {
+        "all": metric(truth, scores),
+        "a": metric(truth[first], scores[first]),
+        "b": metric(truth[~first], scores[~first]),
+    }
+
+
+def evaluate(patches, data, top_k, border):
+    """Image AUROC on all / half A / half B; pixel AUROC and AUPRO where there are masks."""
+    first, labels = data["first"], data["labels"]
+    scores = image_scores_from_patches(patches, top_k, border)
+    row = {"image_auroc": _halved(image_auroc, labels, scores, first)}
+    if data["masks"] is not None:
+        maps = patch_to_pixel_maps(fill_border(patches, border), (SIZE, SIZE), sigma=SIGMA)
+        bad = labels == -1
+        row["pixel_auroc"] = pixel_auroc(data["masks"], maps)
+        row["aupro"] = aupro(data["masks"][bad], maps[bad])
+    return row
+
+
+def measure(args):
+    rows = []
+    for name in args.sets:
+        data = load_set(name, SIZE, args)
+        (train, test), _ = cached_features(name, SIZE, data)
+        for detector in DETECTORS:
+            for which in DEFAULTS:
+                start = time.perf_counter()
+                patches = patch_scores(detector, which, train, test)
+                seconds = time.perf_counter() - start
+                borders = [0] if which == "previous" else args.borders
+                for border in borders:
+                    row = evaluate(patches, data, DEFAULTS[which]["top_k"], border)
+                    row.update(set=name, detector=detector, defaults=which, border=border)
+                    row["fit_and_score_s"] = seconds
+                    rows.append(row)
+                    print(
+                        f"{name} {detector} {which} border {border}: "
+                        f"{row['image_auroc']['all']:.3f}",
+                        flush=True,
+                    )
+    return rows
+
+
+def _find(rows, **match):
+    found = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    return found[0] if found else None
+
+
+def chosen_borders(rows, args):
+    """Per detector: the border with the best mean image AUROC over the sets on half A."""
+    choice = {}
+    for detector in DETECTORS:
+        mean_a = {
+            b: np.mean(
+                [
+                    _find(rows, set=s, detector=detector, defaults="current", border=b)[
+                        "image_auroc"
+                    ]["a"]
+                    for s in args.sets
+                ]
+            )
+            for b in args.borders
+        }
+        choice[detector] = {"border": max(mean_a, key=mean_a.get), "mean_a": mean_a}
+    return choice
+
+
+def gaps(rows, args, border):
+    """Per set: best minus worst detector's image AUROC with the current defaults."""
+    out = {}
+    for s in args.sets:
+        by = {
+            d: _find(rows, set=s, detector=d, defaults="current", border=border)["image_auroc"][
+                "all"
+            ]
+            for d in DETECTORS
+        }
+        out[s] = {"gap": max(by.values()) - min(by.values()), "by_detector": by}
+    return out
+
+
+def markdown(result, args):
+    meta = result["meta"]
+    lines = [
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; date {meta['date']}; load {meta['load_start']} at the "
+        f"start, {meta['load_end']} at the end. EfficientNet-Lite0 (ImageNet weights) at "
+        f"{SIZE} px, {args.n_train} training images per set, features cached by "
+        "`defaults_sweep.py`; maps smoothed with sigma 4. Image AUROC on all test images "
+        "(half A / half B); MTD's pixel AUROC and AUPRO on all test tiles.",
+        "",
+        "| detector | defaults | border | "
+        + " | ".join(SET_NAMES[s] for s in args.sets)
+        + " | MTD pixel AUROC | MTD AUPRO |",
+        "|---|---|---|" + "---|" * len(args.sets) + "---|---|",
+    ]
+    rows = result["rows"]
+    for detector in DETECTORS:
+        for which in DEFAULTS:
+            borders = [0] if which == "previous" else args.borders
+            for border in borders:
+                cells = []
+                for s in args.sets:
+                    auc = _find(rows, set=s, detector=detector, defaults=which, border=border)
+                    a = auc["image_auroc"]
+                    cells.append(f"{a['all']:.3f} ({a['a']:.3f} / {a['b']:.3f})")
+                mtd = _find(rows, set="mtd", detector=detector, defaults=which, border=border)
+                pixel = f"{mtd['pixel_auroc']:.3f} | {mtd['aupro']:.3f}" if mtd else "- | -"
+                lines.append(
+                    f"| {NAMES[detector]} | {which}: {DESCRIBED[(which, detector)]} | "
+                    f"{border} | " + " | ".join(cells) + f" | {pixel} |"
+                )
+    lines += ["", "Border chosen on half A (mean image AUROC over the sets):", ""]
+    for detector, c in result["choice"].items():
+        means = ", ".join(f"{b}: {v:.4f}" for b, v in c["mean_a"].items())
+        lines.append(f"- {NAMES[detector]}: border {c['border']} ({means})")
+    lines += ["", "Gap between the best and the worst detector (current defaults):", ""]
+    for border, by_set in result["gaps"].items():
+        text = ", ".join(f"{SET_NAMES[s]} {g['gap']:.3f}" for s, g in by_set.items())
+        lines.append(f"- border {border}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    load_start = load_average()
+    rows = measure(args)
+    result = {
+        "meta": run_meta("defaults_check", argv, load_start),
+        "rows": rows,
+        "choice": chosen_borders(rows, args),
+        "gaps": {str(b): gaps(rows, args, b) for b in args.borders},
+    }
+    out = HERE / "results"
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
+    text = markdown(result, args)
+    (out / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
