@@ -15,9 +15,9 @@ backbone               ``"efficientnet_lite0"`` in the standard pipelines and th
 layers                 ``None``: the backbone's recommended layers (strides 8 and 16; for
                        Lite0 also its last stride-32 block)
 image size             256 x 256 px
-image score            the mean of the 30 largest patch scores (``top_k=30``), the grid's
-                       outer ring of patches left out (``border=1``; in the maps it repeats
-                       its inner neighbour)
+image score            the mean of the 30 largest patch scores (``top_k=30``); PatchCore
+                       and PaDiM leave the grid's outer ring of patches out (``border=1``;
+                       in the maps it repeats its inner neighbour), DFKDE keeps it
 contamination          ``"auto"``: Tukey's upper fence of out-of-sample training scores
 PaDiM                  200 features (a random channel subset), ``reg=0.01``
 PatchCore              5 x 5 local aggregation, ``coreset_ratio="auto"`` (10 % of the
@@ -69,7 +69,8 @@ CONTAMINATION = "auto"
 TOP_K = 30
 #: Outer rings of the patch grid left out of the image score (in the maps they repeat their
 #: nearest inner patch): edge patches of normal images score high for want of neighbours.
-BORDER = 1
+#: DFKDE's per-position densities need no margin, and lose without one on some data.
+BORDER = {"patchcore": 1, "padim": 1, "dfkde": 0}
 
 #: Features kept before the detector: PaDiM's random channel subset, DFKDE's projection.
 N_COMPONENTS = {"padim": 200, "dfkde": 32}

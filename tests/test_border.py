@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from sklearn_memad import DFKDEDetector, PaDiMDetector, PatchCoreDetector
+from sklearn_memad import DFKDEDetector, PaDiMDetector, PatchCoreDetector, defaults
 from sklearn_memad.detectors import image_scores_from_patches, merge_detectors
 from sklearn_memad.explain import nearest_normal
 
 DETECTORS = [
-    PaDiMDetector(top_k=3),
-    PatchCoreDetector(coreset_ratio=0.2, random_state=0, top_k=3),
-    DFKDEDetector(top_k=3),
+    PaDiMDetector(top_k=3, border=1),
+    PatchCoreDetector(coreset_ratio=0.2, random_state=0, top_k=3, border=1),
+    DFKDEDetector(top_k=3, border=1),
 ]
 IDS = ["padim", "patchcore", "dfkde"]
 
@@ -70,7 +70,6 @@ def test_a_hot_spot_on_the_ring_no_longer_decides_the_image(detector, train):
     hot[:, 0, 0] += 25.0
     hot[:, 6, 3] += 25.0
     framed = clone(detector).fit(train)
-    assert framed.border == 1
     np.testing.assert_allclose(framed.score_samples(hot), framed.score_samples(test), rtol=1e-5)
     whole = clone(detector).set_params(border=0).fit(train)
     assert (whole.score_samples(hot) < whole.score_samples(test) - 1.0).all()
@@ -106,6 +105,12 @@ def test_bad_border_is_refused(border, train):
 def test_a_bool_border_is_refused(train):
     with pytest.raises(TypeError, match="border"):
         PaDiMDetector(border=True).fit(train)
+
+
+def test_each_detector_takes_its_border_from_the_defaults():
+    assert PatchCoreDetector().border == defaults.BORDER["patchcore"] == 1
+    assert PaDiMDetector().border == defaults.BORDER["padim"] == 1
+    assert DFKDEDetector().border == defaults.BORDER["dfkde"] == 0
 
 
 def test_explanations_pick_inner_patches(train):

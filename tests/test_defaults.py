@@ -38,10 +38,12 @@ def test_detectors_take_their_defaults_from_one_place():
     assert patchcore.n_neighbors == defaults.N_NEIGHBORS
     assert PaDiMDetector().reg == defaults.PADIM_REG
     assert DFKDEDetector().bandwidth == defaults.DFKDE_BANDWIDTH
-    for detector in (PaDiMDetector(), patchcore, DFKDEDetector()):
+    for method, detector in zip(
+        ("padim", "patchcore", "dfkde"), (PaDiMDetector(), patchcore, DFKDEDetector())
+    ):
         assert detector.contamination == defaults.CONTAMINATION
         assert detector.top_k == defaults.TOP_K
-        assert detector.border == defaults.BORDER
+        assert detector.border == defaults.BORDER[method]
     assert LocalAggregation().size == defaults.AGGREGATION_SIZE
     features = FeatureTransformer()
     assert features.layers is None  # the backbone's recommended layers

@@ -45,13 +45,13 @@ class DFKDEDetector(BaseMemoryDetector):
         grid's size), or the largest one (1). A defect spans several patches while a
         single odd patch of a normal image is often noise: the mean of the largest 30 ranks
         images better than the largest alone, on every data set measured.
-    border : int, default=1
+    border : int, default=0
         Outer rings of patches left out of the image score; in :meth:`score_patches` (and
         so in the maps) each repeats its nearest inner patch's score. Patches at the grid's
-        edge see the image's edge and the backbone's padding instead of neighbours, and are
-        the highest-scoring patches of normal images far more often than chance. 0 keeps
-        every patch; a grid with no inner patch left (``h`` or ``w`` at most
-        ``2 * border``) is taken whole.
+        edge see the image's edge and the backbone's padding instead of neighbours; the
+        density of each position already accounts for that, so DFKDE keeps every patch by
+        default (PatchCore and PaDiM leave one ring out). A grid with no inner patch left
+        (``h`` or ``w`` at most ``2 * border``) is taken whole.
     max_samples : int or None, default=None
         Keep at most this many training images in the memory: a seeded reservoir, a uniform
         sample of every image seen by :meth:`fit`, :meth:`partial_fit` and merging. None
@@ -138,7 +138,7 @@ class DFKDEDetector(BaseMemoryDetector):
         bandwidth=DFKDE_BANDWIDTH,
         contamination=CONTAMINATION,
         top_k=TOP_K,
-        border=BORDER,
+        border=BORDER["dfkde"],
         max_samples=None,
         random_state=None,
         device="cpu",

@@ -132,7 +132,7 @@ class PaDiMDetector(BaseMemoryDetector):
         reg=PADIM_REG,
         contamination=CONTAMINATION,
         top_k=TOP_K,
-        border=BORDER,
+        border=BORDER["padim"],
         keep_statistics=False,
         device="cpu",
     ):

@@ -219,7 +219,7 @@ class PatchCoreDetector(BaseMemoryDetector):
         projection_dim=64,
         contamination=CONTAMINATION,
         top_k=TOP_K,
-        border=BORDER,
+        border=BORDER["patchcore"],
         random_state=None,
         keep_calibration=False,
         verbose=False,
