@@ -25,6 +25,7 @@ Example::
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -78,20 +79,22 @@ def cached_grids(data, method, image_size, n_jobs=2):
 
     CACHE.mkdir(parents=True, exist_ok=True)
     tag = f"{Path(data).name}_{image_size}"
+    head = make_detector_pipeline(method, image_size=image_size)[:-1]
+    # The feature steps' settings name the grids, so changed defaults never read stale ones.
+    steps = hashlib.sha1(repr(head.get_params()).encode()).hexdigest()[:10]
     files = {
-        "train": CACHE / f"{tag}_{method}_train.npy",
-        "test": CACHE / f"{tag}_{method}_test.npy",
+        "train": CACHE / f"{tag}_{method}_{steps}_train.npy",
+        "test": CACHE / f"{tag}_{method}_{steps}_test.npy",
         "labels": CACHE / f"{tag}_labels.npy",
         "masks": CACHE / f"{tag}_masks.npy",
         "kinds": CACHE / f"{tag}_kinds.npy",
     }
-    info_file = CACHE / f"{tag}_{method}_info.json"
+    info_file = CACHE / f"{tag}_{method}_{steps}_info.json"
     if not all(f.exists() for f in files.values()) or not info_file.exists():
         from sklearn_memad.datasets import load_mvtec
 
         train = load_mvtec(data, "train", image_size=image_size, n_jobs=n_jobs)
         test = load_mvtec(data, "test", image_size=image_size, n_jobs=n_jobs)
-        head = make_detector_pipeline(method, image_size=image_size)[:-1]
         start = time.perf_counter()
         train_grids = head.fit_transform(train.images)
         test_grids = head.transform(test.images)
