@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
 from sklearn_memad import defaults
 from sklearn_memad.detectors import fill_border, image_scores_from_patches
@@ -35,6 +36,7 @@ from defaults_sweep import (  # noqa: E402
     SETS,
     SIGMA,
     _dfkde,
+    _halved,
     _padim,
     _patchcore,
     cached_features,
@@ -45,6 +47,8 @@ from defaults_sweep import (  # noqa: E402
 from merge_quality import load_average, run_meta  # noqa: E402
 
 SIZE = 256
+#: False-positive rates at which the recall of the test images is reported.
+FPRS = (0.1, 0.2)
 #: The defaults before issue 22, and now (``sklearn_memad/defaults.py``).
 DEFAULTS = {
     "previous": {
@@ -100,19 +104,13 @@ def patch_scores(detector, which, train, test):
     return patches
 
 
-def _halved(metric, truth, scores, first):
-    return {
-        "all": metric(truth, scores),
-        "a": metric(truth[first], scores[first]),
-        "b": metric(truth[~first], scores[~first]),
-    }
-
-
 def evaluate(patches, data, top_k, border):
     """Image AUROC on all / half A / half B; pixel AUROC and AUPRO where there are masks."""
     first, labels = data["first"], data["labels"]
     scores = image_scores_from_patches(patches, top_k, border)
     row = {"image_auroc": _halved(image_auroc, labels, scores, first)}
+    fpr, tpr, _ = roc_curve(labels == -1, scores)
+    row["recall_at_fpr"] = {str(rate): float(tpr[fpr <= rate].max()) for rate in FPRS}
     if data["masks"] is not None:
         maps = patch_to_pixel_maps(fill_border(patches, border), (SIZE, SIZE), sigma=SIGMA)
         bad = labels == -1
@@ -215,6 +213,22 @@ def markdown(result, args):
                     f"| {NAMES[detector]} | {which}: {DESCRIBED[(which, detector)]} | "
                     f"{border} | " + " | ".join(cells) + f" | {pixel} |"
                 )
+    lines += [
+        "",
+        "Recall of the defective test images at a false-positive rate of "
+        + " and ".join(str(r) for r in FPRS)
+        + " (current defaults, all test images):",
+        "",
+        "| detector | border | " + " | ".join(SET_NAMES[s] for s in args.sets) + " |",
+        "|---|---|" + "---|" * len(args.sets),
+    ]
+    for detector in DETECTORS:
+        for border in args.borders:
+            cells = []
+            for s in args.sets:
+                row = _find(rows, set=s, detector=detector, defaults="current", border=border)
+                cells.append(" / ".join(f"{v:.2f}" for v in row["recall_at_fpr"].values()))
+            lines.append(f"| {NAMES[detector]} | {border} | " + " | ".join(cells) + " |")
     lines += ["", "Border chosen on half A (mean image AUROC over the sets):", ""]
     for detector, c in result["choice"].items():
         means = ", ".join(f"{b}: {v:.4f}" for b, v in c["mean_a"].items())
