@@ -69,7 +69,7 @@ CONTAMINATION = "auto"
 TOP_K = 30
 #: Outer rings of the patch grid left out of the image score (in the maps they repeat their
 #: nearest inner patch): edge patches of normal images score high for want of neighbours.
-#: DFKDE's per-position densities need no margin, and lose without one on some data.
+#: DFKDE's per-position densities need no margin, and lose with one on some data.
 BORDER = {"patchcore": 1, "padim": 1, "dfkde": 0}
 
 #: Features kept before the detector: PaDiM's random channel subset, DFKDE's projection.

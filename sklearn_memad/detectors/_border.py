@@ -76,5 +76,4 @@ def fill_border(patch_scores, border):
     b = effective_border(patch_scores.shape[1:3], border)
     if b == 0:
         return patch_scores
-    inner = patch_scores[:, b:-b, b:-b]
-    return np.pad(inner, ((0, 0), (b, b), (b, b)), mode="edge")
+    return np.pad(inner_patches(patch_scores, b), ((0, 0), (b, b), (b, b)), mode="edge")
