@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from run import _Clock  # the benchmark harness's method timer (benchmarks/run.py)
 
+from sklearn_memad.defaults import AGGREGATION_SIZE
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mtd"
 MIB = 1 << 20
@@ -234,8 +236,9 @@ def markdown(records, backbone, meta):
         "",
         f"Machine: {meta['machine']}; date {meta['date']}; one process per row, started when "
         f"the one-minute load average was below {meta['max_load']} (the load at each start "
-        "is in the table). Standard PatchCore pipeline (EfficientNet-Lite0, 3 x 3 "
-        f'aggregation, coreset "auto"), {meta["image_size"]} px; the {meta["n_files"]} '
+        "is in the table). Standard PatchCore pipeline (EfficientNet-Lite0, "
+        f'{AGGREGATION_SIZE} x {AGGREGATION_SIZE} aggregation, coreset "auto", '
+        f"defaults of the day), {meta['image_size']} px; the {meta['n_files']} "
         "MTD training tiles with their flips and quarter turns. Peak RSS: VmHWM of the "
         "process (imports and backbone included); setup: RSS once the backbone is built, "
         "before the first image. Time: the fit alone (backbone built before), split into "
