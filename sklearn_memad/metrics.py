@@ -8,7 +8,9 @@ greater is better.
 - **Image labels** ``y_true`` are either scikit-learn outlier labels (``+1`` normal, ``-1``
   anomaly), or booleans (``True`` = anomaly). Both forms give the same result.
 - **Masks** are boolean arrays of shape ``(n, H, W)`` (``True`` = defect pixel); integer masks
-  holding only 0 and 1 are accepted too.
+  holding only 0 and 1 are accepted too. Images of different sizes are passed as lists of
+  ``(H, W)`` masks and maps, one pair per image: the MVTec AD protocol evaluates each map at
+  its image's own resolution, and counts the pixels of the normal test images too.
 - **Scores and maps are anomaly scores: higher = more abnormal.** An estimator's
   ``score_samples`` (and ``decision_function``) follows scikit-learn and is *lower* = more
   abnormal, so pass ``-est.score_samples(X)``. The scorers (:data:`image_auroc_scorer`,
@@ -49,7 +51,7 @@ from scipy import ndimage
 from sklearn.metrics import make_scorer, precision_recall_curve, roc_auc_score
 from sklearn.utils._param_validation import Interval, Options, validate_params
 
-from .utils.labels import check_both_classes, check_labels, check_masks_maps, check_scores
+from .utils.labels import check_both_classes, check_labels, check_pixels, check_scores
 
 __all__ = [
     "image_auroc",
@@ -192,9 +194,10 @@ def pixel_auroc(masks, maps):
 
     Parameters
     ----------
-    masks : array-like of shape (n_images, H, W) or (H, W)
-        Ground truth, boolean with ``True`` = defect pixel (0/1 integers are accepted).
-    maps : array-like of the same shape as ``masks``
+    masks : array-like of shape (n_images, H, W) or (H, W), or list of (H_i, W_i) arrays
+        Ground truth, boolean with ``True`` = defect pixel; images of different sizes as a
+        list, one mask per image (0/1 integers are accepted).
+    maps : array-like of the same shape as ``masks``, or a list of the same shapes
         Anomaly maps, **higher = more abnormal**.
 
     Returns
@@ -222,7 +225,7 @@ def pixel_auroc(masks, maps):
     >>> round(pixel_auroc(masks, maps), 4)     # the defect beats 2 of 3 normal pixels
     0.6667
     """
-    m, a = check_masks_maps(masks, maps)
+    m, a, _ = check_pixels(masks, maps)
     check_both_classes(m, "pixel", "masks")
     normal, defect = _split_pixels(m, a)
     defect.sort()  # sorted keys make the binary searches cache-friendly
@@ -244,9 +247,10 @@ def pixel_f1_max(masks, maps):
 
     Parameters
     ----------
-    masks : array-like of shape (n_images, H, W) or (H, W)
-        Ground truth, boolean with ``True`` = defect pixel.
-    maps : array-like of the same shape as ``masks``
+    masks : array-like of shape (n_images, H, W) or (H, W), or list of (H_i, W_i) arrays
+        Ground truth, boolean with ``True`` = defect pixel; images of different sizes as a
+        list, one mask per image.
+    maps : array-like of the same shape as ``masks``, or a list of the same shapes
         Anomaly maps, **higher = more abnormal**.
 
     Returns
@@ -269,7 +273,7 @@ def pixel_f1_max(masks, maps):
     >>> round(pixel_f1_max(masks, maps), 4)   # t = 0.3: P = 2/3, R = 1
     0.8
     """
-    m, a = check_masks_maps(masks, maps)
+    m, a, _ = check_pixels(masks, maps)
     check_both_classes(m, "pixel", "masks")
     normal, defect = _split_pixels(m, a)
     defect = np.sort(defect)[::-1]
@@ -317,10 +321,11 @@ def pro_curve(masks, maps, *, connectivity=8):
 
     Parameters
     ----------
-    masks : array-like of shape (n_images, H, W) or (H, W)
-        Ground truth, boolean with ``True`` = defect pixel. Must hold both defect and normal
+    masks : array-like of shape (n_images, H, W) or (H, W), or list of (H_i, W_i) arrays
+        Ground truth, boolean with ``True`` = defect pixel; images of different sizes as a
+        list, one mask per image. Must hold both defect and normal
         pixels.
-    maps : array-like of the same shape as ``masks``
+    maps : array-like of the same shape as ``masks``, or a list of the same shapes
         Anomaly maps, **higher = more abnormal**.
     connectivity : {4, 8}, default=8
         Pixel connectivity of a defect region: 8 joins diagonal neighbours, 4 does not.
@@ -355,15 +360,30 @@ def pro_curve(masks, maps, *, connectivity=8):
     >>> fpr.round(4).tolist(), pro.tolist(), thr.tolist()
     ([0.0, 0.3333, 0.3333, 1.0], [0.0, 0.0, 1.0, 1.0], [inf, 0.9, 0.8, 0.1])
     """
-    m, a = check_masks_maps(masks, maps)
-    return _pro_curve(m, a, int(connectivity))
+    m, a, shapes = check_pixels(masks, maps)
+    return _pro_curve(m, a, shapes, int(connectivity))
 
 
-def _pro_curve(m, a, connectivity):
+def _defect_regions(m, shapes, connectivity):
+    """Region number of every pixel (0 on normal pixels) and the number of regions."""
+    if shapes is None:
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1] = _CONNECTIVITY[connectivity]  # no connection across images
+        return ndimage.label(m, structure=structure)
+    regions = np.zeros(m.size, dtype=np.int64)
+    n_regions = start = 0
+    for h, w in shapes:  # images of different sizes are labelled one by one
+        stop = start + h * w
+        part, n = ndimage.label(m[start:stop].reshape(h, w), structure=_CONNECTIVITY[connectivity])
+        regions[start:stop] = np.where(part > 0, part + n_regions, 0).ravel()
+        n_regions += n
+        start = stop
+    return regions, n_regions
+
+
+def _pro_curve(m, a, shapes, connectivity):
     check_both_classes(m, "pixel", "masks")
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = _CONNECTIVITY[connectivity]  # no connection across images
-    regions, n_regions = ndimage.label(m, structure=structure)
+    regions, n_regions = _defect_regions(m, shapes, connectivity)
     normal, defect = _split_pixels(m, a)
     defect_region = regions.ravel()[m.ravel()]
     region_size = np.bincount(defect_region, minlength=n_regions + 1)
@@ -436,10 +456,11 @@ def aupro(masks, maps, max_fpr=0.3, *, connectivity=8):
 
     Parameters
     ----------
-    masks : array-like of shape (n_images, H, W) or (H, W)
-        Ground truth, boolean with ``True`` = defect pixel. Must hold at least one defect
+    masks : array-like of shape (n_images, H, W) or (H, W), or list of (H_i, W_i) arrays
+        Ground truth, boolean with ``True`` = defect pixel; images of different sizes as a
+        list, one mask per image. Must hold at least one defect
         pixel and one normal pixel; images without defect add normal pixels only.
-    maps : array-like of the same shape as ``masks``
+    maps : array-like of the same shape as ``masks``, or a list of the same shapes
         Anomaly maps, **higher = more abnormal**.
     max_fpr : float in (0, 1], default=0.3
         Upper integration limit on the false-positive rate (0.3 in MVTec AD).
@@ -472,9 +493,16 @@ def aupro(masks, maps, max_fpr=0.3, *, connectivity=8):
     1.0
     >>> round(aupro(masks, np.zeros((2, 4, 4))), 6)  # a constant map: max_fpr / 2
     0.15
+
+    Images of different sizes, each evaluated at its own resolution, go in as lists:
+
+    >>> small, large = np.zeros((2, 3), dtype=bool), np.zeros((4, 5), dtype=bool)
+    >>> large[1:3, 1:3] = True
+    >>> aupro([small, large], [small.astype(float), large.astype(float)])
+    1.0
     """
-    m, a = check_masks_maps(masks, maps)
-    fpr, pro, _ = _pro_curve(m, a, int(connectivity))
+    m, a, shapes = check_pixels(masks, maps)
+    fpr, pro, _ = _pro_curve(m, a, shapes, int(connectivity))
     max_fpr = float(max_fpr)
     i = np.searchsorted(fpr, max_fpr, side="right")  # fpr[:i] <= max_fpr < fpr[i:]
     x, y = fpr[:i], pro[:i]

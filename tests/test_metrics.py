@@ -31,9 +31,9 @@ def _brute_aupro(masks, maps, max_fpr, connectivity=8):
     """Loop over every distinct threshold and every region (small inputs only)."""
     structure = np.ones((3, 3)) if connectivity == 8 else None
     labelled = [ndimage.label(mk, structure=structure) for mk in masks]
-    normal = maps[~masks]
+    normal = np.concatenate([mp[~mk].ravel() for mk, mp in zip(masks, maps)])
     fpr, pro = [0.0], [0.0]
-    for t in np.unique(maps)[::-1]:
+    for t in np.unique(np.concatenate([mp.ravel() for mp in maps]))[::-1]:
         fpr.append(np.mean(normal >= t))
         overlaps = [
             np.mean(mp[lab == k] >= t)
@@ -197,6 +197,65 @@ def test_aupro_float32_and_int_inputs_and_single_image():
     assert aupro(masks.tolist(), maps.tolist()) == pytest.approx(ref)
     # (H, W) is one image
     assert aupro(masks[0], maps[0]) == pytest.approx(aupro(masks[:1], maps[:1]))
+
+
+def _images_of_different_sizes(rng, n_images):
+    """Masks and maps, one (H, W) pair per image, of random sizes, with ties."""
+    masks, maps = [], []
+    for _ in range(n_images):
+        shape = (int(rng.integers(2, 8)), int(rng.integers(2, 8)))
+        mask = rng.random(shape) < rng.uniform(0.0, 0.4)
+        masks.append(mask)
+        maps.append((rng.integers(0, 6, size=shape) + 2 * mask).astype(float))
+    masks[0][0, 0], masks[-1][-1, -1] = True, False  # both classes present
+    return masks, maps
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pixel_metrics_of_images_of_different_sizes(seed):
+    rng = np.random.default_rng(seed)
+    masks, maps = _images_of_different_sizes(rng, int(rng.integers(2, 5)))
+    all_masks = np.concatenate([m.ravel() for m in masks])
+    all_maps = np.concatenate([a.ravel() for a in maps])
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(all_masks, all_maps))
+    p, r, _ = precision_recall_curve(all_masks, all_maps)
+    f1 = np.max(np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0))
+    assert pixel_f1_max(masks, maps) == pytest.approx(f1)
+    for max_fpr, conn in ((0.3, 8), (1.0, 4), (0.05, 8)):
+        expected = _brute_aupro(masks, maps, max_fpr, conn)
+        assert aupro(masks, maps, max_fpr, connectivity=conn) == pytest.approx(expected, abs=1e-10)
+    fpr, pro, thr = pro_curve(tuple(masks), tuple(maps))
+    assert fpr[-1] == pro[-1] == 1 and thr[0] == np.inf
+
+
+def test_regions_of_images_of_different_sizes_never_merge():
+    # flattened one after the other, the last pixel of the first image touches the first of
+    # the second: they must stay two regions, so finding one is half the overlap
+    masks = [np.zeros((2, 3), dtype=bool), np.zeros((3, 2), dtype=bool)]
+    masks[0][1, 2] = masks[1][0, 0] = True
+    maps = [m.astype(float) for m in masks]
+    maps[1][0, 0] = 0.0
+    assert aupro(masks, maps, max_fpr=1.0) == pytest.approx(0.5 + 0.5 * 0.5)
+    # images of one size give the same, as a list or as a stack
+    rng = np.random.default_rng(0)
+    stack = rng.random((3, 5, 6)) < 0.3
+    stack_maps = rng.random(stack.shape) + stack
+    assert aupro(list(stack), list(stack_maps)) == aupro(stack, stack_maps)
+
+
+def test_pixel_metric_errors_of_images_of_different_sizes():
+    masks = [np.eye(3, dtype=bool), np.eye(4, dtype=bool)]
+    maps = [np.eye(3), np.eye(4)]
+    with pytest.raises(ValueError, match="same number of images; got 2 masks and 1 maps"):
+        aupro(masks, maps[:1] + [])
+    with pytest.raises(ValueError, match="both be lists.*masks as list and maps as ndarray"):
+        pixel_auroc(masks, np.zeros((2, 3, 3)))
+    with pytest.raises(ValueError, match=r"Image 1: masks and maps must have the same shape"):
+        pixel_auroc(masks, [np.eye(3), np.eye(5)])
+    with pytest.raises(ValueError, match=r"image 0 has a mask of shape \(1, 3, 3\)"):
+        pixel_f1_max([masks[0][None], masks[1]], maps)
+    with pytest.raises(ValueError, match="Image 1: maps contains NaN"):
+        aupro(masks, [maps[0], np.full((4, 4), np.nan)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,13 @@
 
 import numpy as np
 
-__all__ = ["check_both_classes", "check_labels", "check_masks_maps", "check_scores"]
+__all__ = [
+    "check_both_classes",
+    "check_labels",
+    "check_masks_maps",
+    "check_pixels",
+    "check_scores",
+]
 
 
 def check_labels(y_true, name="y_true"):
@@ -95,3 +101,52 @@ def check_masks_maps(masks, maps):
     if not np.isfinite(a).all():
         raise ValueError("maps contains NaN or infinity; anomaly maps must be finite.")
     return m, a
+
+
+def _is_ragged(images):
+    """Whether ``images`` is a list or tuple of arrays that do not all share one shape."""
+    if not isinstance(images, (list, tuple)) or len(images) < 2:
+        return False
+    return len({np.shape(image) for image in images}) > 1
+
+
+def check_pixels(masks, maps):
+    """Checked pixels of masks and maps given as stacks or as images of different sizes.
+
+    Returns ``(masks, maps, shapes)``. A stack (``(n, H, W)`` or ``(H, W)``) comes back as
+    ``check_masks_maps`` returns it, with ``shapes=None``. Lists of 2-D arrays that differ in
+    size (each image at its own resolution, as the MVTec AD evaluation reads them) come back
+    as 1-D concatenations of their pixels, with ``shapes`` the list of each image's
+    ``(H, W)``.
+    """
+    if not (_is_ragged(masks) or _is_ragged(maps)):
+        m, a = check_masks_maps(masks, maps)
+        return m, a, None
+    if not isinstance(masks, (list, tuple)) or not isinstance(maps, (list, tuple)):
+        raise ValueError(
+            "masks and maps of images of different sizes must both be lists of 2-D arrays, "
+            f"one per image; got masks as {type(masks).__name__} and maps as "
+            f"{type(maps).__name__}."
+        )
+    if len(masks) != len(maps):
+        raise ValueError(
+            f"masks and maps must hold the same number of images; got {len(masks)} masks "
+            f"and {len(maps)} maps."
+        )
+    flat_m, flat_a, shapes = [], [], []
+    for i, (mask, anomaly_map) in enumerate(zip(masks, maps)):
+        if np.ndim(mask) != 2 or np.ndim(anomaly_map) != 2:
+            raise ValueError(
+                "masks and maps of images of different sizes must be lists of 2-D (H, W) "
+                f"arrays; image {i} has a mask of shape {np.shape(mask)} and a map of shape "
+                f"{np.shape(anomaly_map)}."
+            )
+        try:
+            m, a = check_masks_maps(mask, anomaly_map)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Image {i}: {error}") from None
+        flat_m.append(m.ravel())
+        flat_a.append(a.ravel())
+        shapes.append(m.shape[1:])
+    dtype = np.result_type(*flat_a)
+    return np.concatenate(flat_m), np.concatenate(flat_a).astype(dtype, copy=False), shapes
