@@ -97,7 +97,9 @@ def run_variant(train_groups, test_groups, n_test, layers, aggregation_size, arg
     )
     extract_s = time.perf_counter() - start
     start = time.perf_counter()
-    detector = _RankingOnlyPatchCore(coreset_ratio=args.coreset_ratio, random_state=0).fit(bank)
+    detector = _RankingOnlyPatchCore(
+        coreset_ratio=args.coreset_ratio, random_state=0, border=0
+    ).fit(bank)
     fit_s = time.perf_counter() - start
     frame = (args.size, args.size)
     image_scores = {k: np.empty(n_test) for k in args.top_k}

@@ -80,9 +80,13 @@ def build_detectors(train, seed):
     padim_proj = RandomProjection(n_components=100, random_state=seed).fit(train)
     kde_proj = RandomProjection(n_components=16, random_state=seed).fit(train)
     return [
-        ("PaDiM", padim_proj, PaDiMDetector()),
-        ("PatchCore", aggregate, PatchCoreDetector(coreset_ratio=0.01, random_state=seed)),
-        ("DFKDE", kde_proj, DFKDEDetector()),
+        ("PaDiM", padim_proj, PaDiMDetector(border=0)),
+        (
+            "PatchCore",
+            aggregate,
+            PatchCoreDetector(coreset_ratio=0.01, random_state=seed, border=0),
+        ),
+        ("DFKDE", kde_proj, DFKDEDetector(border=0)),
     ]
 
 
@@ -163,7 +167,7 @@ def main():
         overhead = f"{100 * loo / build:.0f} %" if build >= 1.0 else "-"
         cost_rows.append(f"| {name} | {build:.2f} s | {loo:.2f} s | {overhead} | {fold_note} |")
         patch_scores = detector.score_patches(head_grids)
-        scores = -image_scores_from_patches(patch_scores, detector.top_k)
+        scores = -image_scores_from_patches(patch_scores, detector.top_k, detector.border)
         normal = ~defective
         calibration_rows.append(report_calibration(name, detector, scores[normal]))
         auroc = image_auroc(test.labels[~val], -scores[~val])

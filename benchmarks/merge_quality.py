@@ -225,7 +225,7 @@ def evaluate(detector, grids, truth, image_size, with_aupro=True):
     start = time.perf_counter()
     patches = detector.score_patches(np.asarray(grids))
     score_seconds = time.perf_counter() - start
-    anomaly = image_scores_from_patches(patches, detector.top_k)
+    anomaly = image_scores_from_patches(patches, detector.top_k, detector.border)
     maps = patch_to_pixel_maps(patches, (image_size, image_size), sigma=SIGMA)
     labels, masks = truth["labels"], truth["masks"]
     defective = labels == -1

@@ -78,7 +78,9 @@ def main(argv=None):
         for aggregation_size in args.aggregation:
             aggregation = LocalAggregation(aggregation_size)
             start = time.perf_counter()
-            detector = _RankingOnlyPatchCore(coreset_ratio=args.coreset_ratio, random_state=0)
+            detector = _RankingOnlyPatchCore(
+                coreset_ratio=args.coreset_ratio, random_state=0, border=0
+            )
             detector.fit(aggregation.fit_transform(train_grids))
             fit_s = time.perf_counter() - start
             patches = detector.score_patches(aggregation.transform(test_grids))

@@ -59,7 +59,7 @@ def test_patches(args):
         "efficientnet_lite0", layers=tuple(args.layers), image_size=None, random_state=0
     )
     aggregation = LocalAggregation(args.aggregation)
-    detector = _RankingOnlyPatchCore(coreset_ratio=args.coreset_ratio, random_state=0)
+    detector = _RankingOnlyPatchCore(coreset_ratio=args.coreset_ratio, random_state=0, border=0)
     detector.fit(aggregation.fit_transform(features.fit_transform(train.images)))
     return test, detector.score_patches(aggregation.transform(features.transform(test.images)))
 

@@ -87,6 +87,12 @@ def parse_args(argv=None):
         default=1,
         help="image score: mean of the top_k largest patch scores (1: the max), every detector",
     )
+    p.add_argument(
+        "--border",
+        type=int,
+        default=0,
+        help="outer rings of patches left out of the image score, every detector",
+    )
     p.add_argument("--padim-components", type=int, default=100)
     p.add_argument("--dfkde-components", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
@@ -141,7 +147,7 @@ def build_pipeline(args, detector):
         random_state=0,
     )
     if detector == "padim":
-        steps = [PaDiMDetector(top_k=args.top_k)]
+        steps = [PaDiMDetector(top_k=args.top_k, border=args.border)]
     elif detector == "patchcore":
         steps = [
             LocalAggregation(args.aggregation),
@@ -150,13 +156,14 @@ def build_pipeline(args, detector):
                 n_neighbors=args.n_neighbors,
                 search=args.search,
                 top_k=args.top_k,
+                border=args.border,
                 random_state=0,
             ),
         ]
     else:
         steps = [
             RandomProjection(args.dfkde_components, random_state=0),
-            DFKDEDetector(top_k=args.top_k),
+            DFKDEDetector(top_k=args.top_k, border=args.border),
         ]
     return make_pipeline(features, *steps)
 
@@ -248,7 +255,7 @@ def run_worker(args):
             if len(rest) > 1:
                 grids = rest[:-1].transform(grids)
             patches = rest[-1].score_patches(grids)
-            scores.append(-image_scores_from_patches(patches, rest[-1].top_k))
+            scores.append(-image_scores_from_patches(patches, rest[-1].top_k, rest[-1].border))
             maps.append(patch_to_pixel_maps(patches, test.shape[1:3]))
         return scores, maps, backbone
 
