@@ -22,9 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
 from sklearn_memad import defaults
+from sklearn_memad.datasets import GOOD, MASK_FOLDER, mask_name, read_mask
 from sklearn_memad.detectors import fill_border, image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
 from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
@@ -104,6 +107,29 @@ def patch_scores(detector, which, train, test):
     return patches
 
 
+def native_masks(root, data):
+    """Each test tile's mask at the tile's own size (all False for good tiles)."""
+    masks = []
+    for path, kind, size in zip(data["paths"], data["kinds"], data["original_sizes"]):
+        size = tuple(int(v) for v in size)
+        if kind == GOOD:
+            masks.append(np.zeros(size, dtype=bool))
+        else:
+            mask_path = Path(root) / MASK_FOLDER / kind / mask_name(Path(path).name)
+            masks.append(read_mask(mask_path, path, size))
+    return masks
+
+
+def at_native_size(maps, masks):
+    """Each map resized (bilinear) to the size of its mask, as float32 arrays."""
+    return [
+        F.interpolate(torch.from_numpy(m[None, None]), size=mask.shape, mode="bilinear")[0, 0]
+        .numpy()
+        .astype(np.float32)
+        for m, mask in zip(maps.astype(np.float32), masks)
+    ]
+
+
 def evaluate(patches, data, top_k, border):
     """Image AUROC on all / half A / half B; pixel AUROC and AUPRO where there are masks."""
     first, labels = data["first"], data["labels"]
@@ -116,6 +142,10 @@ def evaluate(patches, data, top_k, border):
         bad = labels == -1
         row["pixel_auroc"] = pixel_auroc(data["masks"], maps)
         row["aupro"] = aupro(data["masks"][bad], maps[bad])
+        row["aupro_all_tiles"] = aupro(data["masks"], maps)
+        native = at_native_size(maps, data["native_masks"])
+        row["pixel_auroc_native"] = pixel_auroc(data["native_masks"], native)
+        row["aupro_native"] = aupro(data["native_masks"], native)
     return row
 
 
@@ -123,6 +153,8 @@ def measure(args):
     rows = []
     for name in args.sets:
         data = load_set(name, SIZE, args)
+        if data["masks"] is not None:
+            data["native_masks"] = native_masks(args.mtd, data)
         (train, test), _ = cached_features(name, SIZE, data)
         for detector in DETECTORS:
             for which in DEFAULTS:
@@ -194,7 +226,7 @@ def markdown(result, args):
         "",
         "| detector | defaults | border | "
         + " | ".join(SET_NAMES[s] for s in args.sets)
-        + " | MTD pixel AUROC | MTD AUPRO |",
+        + " | MTD pixel AUROC | MTD AUPRO (defective tiles) |",
         "|---|---|---|" + "---|" * len(args.sets) + "---|---|",
     ]
     rows = result["rows"]
@@ -213,6 +245,33 @@ def markdown(result, args):
                     f"| {NAMES[detector]} | {which}: {DESCRIBED[(which, detector)]} | "
                     f"{border} | " + " | ".join(cells) + f" | {pixel} |"
                 )
+    if "mtd" in args.sets:
+        lines += [
+            "",
+            "MTD's maps three ways: at 256 px (AUPRO on the defective tiles, as above, and on "
+            "all test tiles), and as the MVTec AD evaluation reads them (all test tiles, each "
+            "map resized to its tile's own size):",
+            "",
+            "| detector | defaults | border | pixel AUROC 256 px | AUPRO 256 px, defective "
+            "tiles | AUPRO 256 px, all tiles | pixel AUROC, MVTec AD | AUPRO, MVTec AD |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for detector in DETECTORS:
+            for which in DEFAULTS:
+                for border in [0] if which == "previous" else args.borders:
+                    r = _find(rows, set="mtd", detector=detector, defaults=which, border=border)
+                    values = (
+                        r["pixel_auroc"],
+                        r["aupro"],
+                        r["aupro_all_tiles"],
+                        r["pixel_auroc_native"],
+                        r["aupro_native"],
+                    )
+                    lines.append(
+                        f"| {NAMES[detector]} | {which} | {border} | "
+                        + " | ".join(f"{v:.3f}" for v in values)
+                        + " |"
+                    )
     lines += [
         "",
         "Recall of the defective test images at a false-positive rate of "

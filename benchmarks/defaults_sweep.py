@@ -130,6 +130,8 @@ def load_set(name, size, args):
             labels=test.labels,
             kinds=test.kinds,
             masks=test.masks,
+            paths=test.paths,
+            original_sizes=test.original_sizes,
         )
     else:
         d = load_elpv(name.split("_")[1], size, n_train=args.n_train, seed=0)
