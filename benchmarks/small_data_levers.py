@@ -34,7 +34,6 @@ from sklearn_memad import (
     FeatureTransformer,
     LocalAggregation,
     PaDiMDetector,
-    PatchCoreDetector,
     defaults,
 )
 
@@ -47,6 +46,7 @@ from defaults_sweep import (  # noqa: E402
     SETS,
     TMP,
     _chunked,
+    _RankingOnlyPatchCore,
     cached_features,
     load_set,
     padim_channels,
@@ -118,22 +118,6 @@ def neighbourhood_samples(grids):
     )
 
 
-class _NoCalibration:
-    """Skips the held-out pass that only sets ``offset_``."""
-
-    def _out_of_sample_patch_scores(self, grids):
-        self.__dict__.pop("_selection", None)
-        return np.zeros(grids.shape[:3])
-
-
-class _RankingPatchCore(_NoCalibration, PatchCoreDetector):
-    pass
-
-
-class _RankingPaDiM(_NoCalibration, PaDiMDetector):
-    pass
-
-
 def patchcore_scores(variant, data, train, test):
     scale = np.ones(train.shape[-1], dtype=np.float32)
     if variant == "layer weights":
@@ -143,7 +127,7 @@ def patchcore_scores(variant, data, train, test):
             scale[start : start + channels] = 1 / np.sqrt(np.mean(np.sum(block**2, axis=-1)))
             start += channels
     aggregation = LocalAggregation(size=defaults.AGGREGATION_SIZE)
-    detector = _RankingPatchCore(random_state=0)
+    detector = _RankingOnlyPatchCore(random_state=0)
     detector.fit(aggregation.fit_transform(training_grids(variant, data, train) * scale))
     return detector, _chunked(
         lambda g: detector.score_patches(aggregation.transform(g * scale)), test
@@ -159,7 +143,7 @@ def padim_scores(variant, data, train, test):
     if variant.startswith("pooled"):
         reg = float(variant.split("reg ")[1])
         grids = neighbourhood_samples(grids)
-    detector = _RankingPaDiM(reg=reg).fit(np.ascontiguousarray(grids))
+    detector = PaDiMDetector(reg=reg).fit(np.ascontiguousarray(grids))
     return detector, _chunked(lambda g: detector.score_patches(g[..., kept]), test)
 
 
