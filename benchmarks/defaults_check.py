@@ -130,6 +130,12 @@ def at_native_size(maps, masks):
     ]
 
 
+def mvtec_pixel_metrics(maps, masks):
+    """Pixel AUROC and AUPRO as MVTec AD reads them: each map at its image's own size."""
+    native = at_native_size(maps, masks)
+    return pixel_auroc(masks, native), aupro(masks, native)
+
+
 def evaluate(patches, data, top_k, border):
     """Image AUROC on all / half A / half B; pixel AUROC and AUPRO where there are masks."""
     first, labels = data["first"], data["labels"]
@@ -143,9 +149,9 @@ def evaluate(patches, data, top_k, border):
         row["pixel_auroc"] = pixel_auroc(data["masks"], maps)
         row["aupro"] = aupro(data["masks"][bad], maps[bad])
         row["aupro_all_tiles"] = aupro(data["masks"], maps)
-        native = at_native_size(maps, data["native_masks"])
-        row["pixel_auroc_native"] = pixel_auroc(data["native_masks"], native)
-        row["aupro_native"] = aupro(data["native_masks"], native)
+        row["pixel_auroc_native"], row["aupro_native"] = mvtec_pixel_metrics(
+            maps, data["native_masks"]
+        )
     return row
 
 

@@ -30,11 +30,11 @@ from sklearn.metrics import roc_curve
 from sklearn_memad.defaults import SIGMA
 from sklearn_memad.detectors import fill_border, image_scores_from_patches
 from sklearn_memad.maps import patch_to_pixel_maps
-from sklearn_memad.metrics import aupro, image_auroc, pixel_auroc
+from sklearn_memad.metrics import image_auroc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from defaults_check import at_native_size, native_masks  # noqa: E402
+from defaults_check import mvtec_pixel_metrics, native_masks  # noqa: E402
 from defaults_sweep import _RankingOnlyDFKDE, _RankingOnlyPatchCore  # noqa: E402
 from merge_quality import (  # noqa: E402
     DEFAULT_DATA,
@@ -107,9 +107,7 @@ def evaluate(detector, test, truth, pixel):
     }
     if pixel == "mvtec":
         maps = patch_to_pixel_maps(fill_border(patches, detector.border), (SIZE, SIZE), SIGMA)
-        native = at_native_size(maps, truth["native_masks"])
-        row["pixel_auroc"] = pixel_auroc(truth["native_masks"], native)
-        row["aupro"] = aupro(truth["native_masks"], native)
+        row["pixel_auroc"], row["aupro"] = mvtec_pixel_metrics(maps, truth["native_masks"])
     return row
 
 
