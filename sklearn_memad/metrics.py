@@ -323,8 +323,7 @@ def pro_curve(masks, maps, *, connectivity=8):
     ----------
     masks : array-like of shape (n_images, H, W) or (H, W), or list of (H_i, W_i) arrays
         Ground truth, boolean with ``True`` = defect pixel; images of different sizes as a
-        list, one mask per image. Must hold both defect and normal
-        pixels.
+        list, one mask per image. Must hold both defect and normal pixels.
     maps : array-like of the same shape as ``masks``, or a list of the same shapes
         Anomaly maps, **higher = more abnormal**.
     connectivity : {4, 8}, default=8
@@ -458,8 +457,8 @@ def aupro(masks, maps, max_fpr=0.3, *, connectivity=8):
     ----------
     masks : array-like of shape (n_images, H, W) or (H, W), or list of (H_i, W_i) arrays
         Ground truth, boolean with ``True`` = defect pixel; images of different sizes as a
-        list, one mask per image. Must hold at least one defect
-        pixel and one normal pixel; images without defect add normal pixels only.
+        list, one mask per image. Must hold at least one defect pixel and one normal pixel;
+        images without defect add normal pixels only.
     maps : array-like of the same shape as ``masks``, or a list of the same shapes
         Anomaly maps, **higher = more abnormal**.
     max_fpr : float in (0, 1], default=0.3
