@@ -38,7 +38,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from merge_quality import load_average, run_meta  # noqa: E402
+from merge_quality import load_average, run_header, run_meta, save_results  # noqa: E402
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 OBJECTIVES = {"f1": [], "fpr0.2": ["--objective", "fpr", "--target", "0.2"]}
@@ -139,14 +139,14 @@ def run_one(root, method, objective):
 def markdown(result, args):
     meta = result["meta"]
     lines = [
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine']}; date {meta['date']}; load {meta['load_start']} at the "
-        f"start, {meta['load_end']} at the end. Shipped defaults (`memad fit --method M`: "
-        f"EfficientNet-Lite0, 256 px). {args.n_train} training tiles; scoring folder "
-        f"{args.n_good} good + {args.n_defective} defective test tiles; validation folder: "
-        "half of every kind of the other test tiles. Goal: at least 12 of 15 caught at a "
-        "false-positive rate of at most 0.2.",
+        *run_header(
+            meta,
+            f"Shipped defaults (`memad fit --method M`: "
+            f"EfficientNet-Lite0, 256 px). {args.n_train} training tiles; scoring folder "
+            f"{args.n_good} good + {args.n_defective} defective test tiles; validation folder: "
+            "half of every kind of the other test tiles. Goal: at least 12 of 15 caught at a "
+            "false-positive rate of at most 0.2.",
+        ),
         "",
         "| detector | objective | draw | caught | false positives | FPR | goal met |",
         "|---|---|---|---|---|---|---|",
@@ -177,11 +177,7 @@ def main(argv=None):
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     result = {"meta": run_meta("cli_decision", argv, load_start), "rows": rows}
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    text = markdown(result, args)
-    (out / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.name, result, markdown(result, args))
 
 
 if __name__ == "__main__":

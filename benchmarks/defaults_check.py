@@ -16,7 +16,6 @@ about 15 minutes on 2 shared cores)::
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from defaults_sweep import (  # noqa: E402
     load_set,
     padim_channels,
 )
-from merge_quality import load_average, run_meta  # noqa: E402
+from merge_quality import load_average, run_header, run_meta, save_results  # noqa: E402
 
 SIZE = 256
 #: False-positive rates at which the recall of the test images is reported.
@@ -222,13 +221,13 @@ def gaps(rows, args, border):
 def markdown(result, args):
     meta = result["meta"]
     lines = [
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine']}; date {meta['date']}; load {meta['load_start']} at the "
-        f"start, {meta['load_end']} at the end. EfficientNet-Lite0 (ImageNet weights) at "
-        f"{SIZE} px, {args.n_train} training images per set, features cached by "
-        "`defaults_sweep.py`; maps smoothed with sigma 4. Image AUROC on all test images "
-        "(half A / half B); MTD's pixel AUROC and AUPRO on all test tiles.",
+        *run_header(
+            meta,
+            f"EfficientNet-Lite0 (ImageNet weights) at "
+            f"{SIZE} px, {args.n_train} training images per set, features cached by "
+            "`defaults_sweep.py`; maps smoothed with sigma 4. Image AUROC on all test images "
+            "(half A / half B); MTD's pixel AUROC and AUPRO on all test tiles.",
+        ),
         "",
         "| detector | defaults | border | "
         + " | ".join(SET_NAMES[s] for s in args.sets)
@@ -315,11 +314,7 @@ def main(argv=None):
         "choice": chosen_borders(rows, args),
         "gaps": {str(b): gaps(rows, args, b) for b in args.borders},
     }
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    text = markdown(result, args)
-    (out / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.name, result, markdown(result, args))
 
 
 if __name__ == "__main__":

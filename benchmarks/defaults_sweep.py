@@ -68,7 +68,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from decisions import halves  # noqa: E402
 from elpv import load_elpv  # noqa: E402
-from merge_quality import load_average, run_meta  # noqa: E402
+from merge_quality import load_average, run_meta, save_results  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 ALL_LAYERS = ("_blocks.4", "_blocks.10", "_blocks.14")
@@ -644,10 +644,7 @@ def main(argv=None):
     }
     if args.timing_images:
         result["timing"] = timing(args, choice)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    text = markdown(result, args)
-    (out / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.name, result, markdown(result, args))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ from merge_quality import (  # noqa: E402
     NAMES,
     cached_grids,
     load_average,
+    run_header,
     run_meta,
+    save_results,
     standard_detector,
 )
 
@@ -147,12 +149,12 @@ def markdown(result, args):
     if args.pixel == "mvtec":
         metrics += [("pixel_auroc", "pixel AUROC (MVTec AD)"), ("aupro", "AUPRO (MVTec AD)")]
     lines = [
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine']}; date {meta['date']}; load {meta['load_start']} at the "
-        f"start, {meta['load_end']} at the end. MTD, standard pipelines (EfficientNet-Lite0, "
-        f"{SIZE} px), n training tiles drawn at random per seed; all 582 test tiles. Mean "
-        "(min-max) over the seeds.",
+        *run_header(
+            meta,
+            f"MTD, standard pipelines (EfficientNet-Lite0, "
+            f"{SIZE} px), n training tiles drawn at random per seed; all 582 test tiles. Mean "
+            "(min-max) over the seeds.",
+        ),
         "",
         "| detector | training tiles | seeds | " + " | ".join(m[1] for m in metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
@@ -171,11 +173,7 @@ def main(argv=None):
     load_start = load_average()
     rows = measure(args)
     result = {"meta": run_meta("learning_curve", argv, load_start), "rows": rows}
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    text = markdown(result, args)
-    (out / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.name, result, markdown(result, args))
 
 
 if __name__ == "__main__":

@@ -462,6 +462,25 @@ def run_meta(script, argv, load_start):
     }
 
 
+def run_header(meta, description):
+    """The opening lines of a results table: the command; the machine, date, load and
+    ``description`` of what was measured."""
+    return [
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; date {meta['date']}; load {meta['load_start']} at the "
+        f"start, {meta['load_end']} at the end. {description}",
+    ]
+
+
+def save_results(name, result, text):
+    """Write ``results/NAME.json`` (every number) and ``results/NAME.md`` (the table); print it."""
+    out = HERE / "results"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / f"{name}.md").write_text(text)
+    print(text)
+
+
 def machine():
     return (
         f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "

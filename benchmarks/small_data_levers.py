@@ -51,7 +51,7 @@ from defaults_sweep import (  # noqa: E402
     load_set,
     padim_channels,
 )
-from merge_quality import load_average, run_meta  # noqa: E402
+from merge_quality import load_average, run_header, run_meta, save_results  # noqa: E402
 
 SIZE = 256
 #: The variants also measured on the ELPV sets.
@@ -173,12 +173,12 @@ def measure(args):
 def markdown(result):
     meta = result["meta"]
     lines = [
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine']}; date {meta['date']}; load {meta['load_start']} at the "
-        f"start, {meta['load_end']} at the end. 200 training images per set (the sweep's "
-        f"draw), EfficientNet-Lite0 at {SIZE} px, the shipped defaults but for the variant; "
-        "all test images; MTD's pixel metrics as the MVTec AD evaluation reads them.",
+        *run_header(
+            meta,
+            f"200 training images per set (the sweep's "
+            f"draw), EfficientNet-Lite0 at {SIZE} px, the shipped defaults but for the variant; "
+            "all test images; MTD's pixel metrics as the MVTec AD evaluation reads them.",
+        ),
         "",
         "| set | detector | variant | image AUROC (A / B) | pixel AUROC | AUPRO |",
         "|---|---|---|---|---|---|",
@@ -202,11 +202,7 @@ def main(argv=None):
     load_start = load_average()
     rows = measure(args)
     result = {"meta": run_meta("small_data_levers", argv, load_start), "rows": rows}
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    text = markdown(result)
-    (out / f"{args.name}.md").write_text(text)
-    print(text)
+    save_results(args.name, result, markdown(result))
 
 
 if __name__ == "__main__":
