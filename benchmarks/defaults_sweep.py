@@ -44,6 +44,7 @@ and the MTD-only check of a larger PatchCore coreset (``defaults_sweep_coreset_m
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -159,6 +160,7 @@ def cached_features(name, size, data):
     return grids, json.loads(info.read_text())
 
 
+@functools.lru_cache
 def layer_channels(size):
     """Channels of each layer set: a FeatureTransformer's feature_shape_ (probe only)."""
     probe = np.zeros((1, size, size, 3), np.uint8)
@@ -170,6 +172,7 @@ def layer_channels(size):
     }
 
 
+@functools.lru_cache
 def padim_channels(layers, size, m):
     """The channels the standard PaDiM pipeline keeps: FeatureTransformer(max_features=m)."""
     probe = np.zeros((1, size, size, 3), np.uint8)

@@ -148,5 +148,4 @@ def check_pixels(masks, maps):
         flat_m.append(m.ravel())
         flat_a.append(a.ravel())
         shapes.append(m.shape[1:])
-    dtype = np.result_type(*flat_a)
-    return np.concatenate(flat_m), np.concatenate(flat_a).astype(dtype, copy=False), shapes
+    return np.concatenate(flat_m), np.concatenate(flat_a), shapes
